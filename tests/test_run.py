@@ -1,0 +1,149 @@
+"End to end: `sdlms run params/smoke.yaml`, the report, determinism, resume, failures and the stage notebook alone."
+import json, os, shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from sdlms.core import SdlmsError, read_jsonl
+from sdlms.runner import execute_stage, run, run_status
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = str(ROOT / "params" / "smoke.yaml")
+quiet = dict(progress=False, log=lambda *a: None)
+
+
+def test_smoke_run_outputs(smoke_run):
+    st = run_status(smoke_run)
+    assert st["status"] == "complete" and st["stages"] == ["suite", "capture/micro-tiny", "scaling"]
+    df = pd.read_csv(smoke_run / "sparsity.csv")
+    for col in ["model", "params", "layer", "relative_depth", "site", "tokens", "frac_active", "top10_mass", "pr",
+                "pr_over_d", "pr_tokens", "pr_method", "init_frac_active", "init_pr", "init_pr_over_d"]:
+        assert col in df, col
+    assert df.layer.tolist() == [0, 1] and df.relative_depth.tolist() == [0.0, 1.0]
+    assert (df.tokens == 6 * 256).all() and df.frac_active.between(0, 1).all()
+    assert np.allclose(df.pr_over_d, df.pr / df.d_mlp)
+    assert df.init_frac_active.between(0.45, 0.55).all()     # random-init GELU: about half the entries are positive
+    # per-task rates and the activation cache
+    z = np.load(smoke_run / "capture/micro-tiny/rates_L0.npz")
+    assert z["rates_KD"].shape == (6, 128) and z["tokens_K"].tolist() == [256] * 6
+    from sdlms.capture import ActivationCache
+    c = ActivationCache(smoke_run / "capture/micro-tiny/cache/L1", verify=True)
+    assert c.n_tokens == 1536 and c.d == 128 and len(c.shards) == 3    # 512-token shards
+    assert (c.index.groupby("task").size() == 256).all()
+    acts = np.concatenate([np.asarray(s, dtype=np.float32) for s in c.shards])
+    assert abs((acts > 0).mean() - df.frac_active[1]) < 2e-3     # cache agrees with the streamed statistic
+    # provenance
+    meta = read_jsonl(smoke_run / "meta.jsonl")
+    assert meta[0]["event"] == "run" and meta[0]["versions"]["torch"]
+    cap = [m for m in meta if m.get("stage") == "capture/micro-tiny"][0]
+    assert len(cap["model_hash"]) == 64 and len(cap["data_hash"]) == 64 and cap["seconds"] > 0
+    assert yaml.safe_load((smoke_run / "params.yaml").read_text())["name"] == "smoke"
+    # figures saved standalone next to their CSVs
+    for f in ["scaling/as_vs_size.html", "scaling/pr_vs_size.json", "capture/micro-tiny/sparsity_by_layer.html"]:
+        assert (smoke_run / f).exists(), f
+
+
+def test_report_site_and_quarto_config(smoke_run):
+    from sdlms.report import check_quarto_project
+    assert check_quarto_project(smoke_run) == []
+    cfg = yaml.safe_load((smoke_run / "_quarto.yml").read_text())
+    assert cfg["project"]["type"] == "website" and cfg["execute"]["enabled"] is False
+    assert set(cfg["project"]["render"]) == {"index.qmd", "suite/00_suite.ipynb", "capture/micro-tiny/10_capture.ipynb",
+                                             "scaling/90_scaling.ipynb"}
+    assert "{{< embed scaling/90_scaling.ipynb#fig-as-size >}}" in (smoke_run / "index.qmd").read_text()
+    yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    for rel in cfg["project"]["render"][1:]:
+        nb = json.loads((smoke_run / rel).read_text())
+        assert not nb["metadata"]["papermill"]["exception"]
+        plots = [o for c in nb["cells"] for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})]
+        assert plots and all("text/html" in o["data"] for o in plots), rel     # figures survive nbconvert/Quarto
+    index = (smoke_run / "_site" / "index.html").read_text()
+    assert "Sparsity" in index and "frac_active" in index
+    for rel in cfg["project"]["render"][1:]:
+        page = smoke_run / "_site" / (rel[:-6] + ".html")
+        assert page.exists() and "plotly" in page.read_text()
+
+
+def test_same_seed_gives_identical_results(smoke_run):
+    again = run(SMOKE, **quiet)
+    assert again != smoke_run
+    for f in ["sparsity.csv", "capture/micro-tiny/rates_L1.npz"]:
+        assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
+    m1 = json.loads((smoke_run / "capture/micro-tiny/cache/L0/manifest.json").read_text())
+    m2 = json.loads((again / "capture/micro-tiny/cache/L0/manifest.json").read_text())
+    assert [s["sha256"] for s in m1["shards"]] == [s["sha256"] for s in m2["shards"]]
+
+
+def test_resume_completes_an_interrupted_run_and_never_overwrites(smoke_run):
+    d = run(SMOKE, stop_after="capture", report=False, **quiet)
+    assert run_status(d)["status"] == "running" and not (d / "scaling").exists()
+    cap_mtime = (d / "capture/micro-tiny/sparsity.csv").stat().st_mtime_ns
+    (d / "scaling.partial").mkdir()                       # what a killed stage leaves behind
+    (d / "scaling.partial" / "junk.csv").write_text("half")
+    logs = []
+    assert run(resume=str(d), progress=False, log=logs.append) == d
+    assert any("skip capture/micro-tiny (complete)" in l for l in logs)
+    assert (d / "capture/micro-tiny/sparsity.csv").stat().st_mtime_ns == cap_mtime   # finished stage untouched
+    assert run_status(d)["status"] == "complete" and (d / "scaling/as_vs_size.html").exists()
+    assert not (d / "scaling.partial").exists()
+    assert (d / "sparsity.csv").read_bytes() == (smoke_run / "sparsity.csv").read_bytes()
+    with pytest.raises(SdlmsError, match="is complete and is never overwritten"):
+        run(resume=str(d), **quiet)
+
+
+def test_missing_upstream_artifact_names_the_stage(tmp_path):
+    d = tmp_path / "run"; d.mkdir()
+    shutil.copy(SMOKE, d / "params.yaml")
+    (d / "run.json").write_text("{}")
+    with pytest.raises(SdlmsError, match=r"missing the micro-suite's models.json.*run the suite stage first"):
+        execute_stage("10_capture.ipynb", str(d), "capture/micro-tiny", "micro-tiny")
+    assert (d / "capture/micro-tiny.partial/10_capture.ipynb").exists()   # kept for debugging, clearly not complete
+    assert not (d / "capture/micro-tiny").exists()
+    with pytest.raises(SdlmsError, match="run the capture stage first"):
+        execute_stage("90_scaling.ipynb", str(d), "scaling")
+
+
+def test_failed_stage_leaves_no_complete_looking_artifact(tiny_models, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    bad = tmp_path / "nan-model"
+    m = AutoModelForCausalLM.from_pretrained(str(tiny_models["gpt_neox"]))
+    with torch.no_grad(): m.gpt_neox.layers[0].mlp.dense_h_to_4h.weight[:] = float("nan")
+    m.save_pretrained(bad); AutoTokenizer.from_pretrained(str(tiny_models["gpt_neox"])).save_pretrained(bad)
+    p = yaml.safe_load(open(SMOKE))
+    p.update(models=[str(bad)], name="nan", layers=[0])
+    with pytest.raises(SdlmsError, match="stage capture/.*failed: SdlmsError: non-finite activations"):
+        run(p, **quiet)
+    runs = [r for r in Path(os.environ["SDLMS_ARTIFACTS"]).glob("*-nan")]
+    assert len(runs) == 1 and run_status(runs[0])["status"] == "running"
+    cap = runs[0] / "capture"
+    assert [x.name for x in cap.iterdir()] == [f"{x.name}" for x in cap.glob("*.partial")]   # only .partial folders
+    assert not (runs[0] / "sparsity.csv").exists()
+
+
+def test_local_gpt2_and_llama_models_run_through_the_capture_stage(tiny_models):
+    p = yaml.safe_load(open(SMOKE))
+    p.update(name="local", models=[str(tiny_models["gpt2"]), str(tiny_models["llama"])], layers=[0.5])
+    d = run(p, report=False, **quiet)
+    df = pd.read_csv(d / "sparsity.csv")
+    assert sorted(df.site) == ["model.layers.1.mlp.down_proj", "transformer.h.1.mlp.c_proj"]
+    assert not (d / "suite").exists()                    # no micro models: no suite stage
+    assert df.init_frac_active.notna().all()             # random-init twins built from the configs
+
+
+def test_stage_notebook_runs_alone_on_its_defaults(tmp_path):
+    "The capture notebook's parameters cell runs the smoke model as it stands (as in JupyterLab)."
+    import papermill as pm
+    from sdlms.runner import ensure_kernel, kernel_env, stages_dir
+    kernel_env()
+    out = tmp_path / "10_capture.ipynb"
+    pm.execute_notebook(str(stages_dir() / "00_suite.ipynb"), str(tmp_path / "00_suite.ipynb"), kernel_name=ensure_kernel(),
+                        cwd=str(stages_dir()), progress_bar=False)
+    pm.execute_notebook(str(stages_dir() / "10_capture.ipynb"), str(out), kernel_name=ensure_kernel(),
+                        cwd=str(stages_dir()), progress_bar=False, parameters={"out_dir": str(tmp_path / "cap")})
+    df = pd.read_csv(tmp_path / "cap" / "sparsity.csv")
+    assert df.model.tolist() == ["micro-tiny", "micro-tiny"]
+    assert pm.inspect_notebook(str(stages_dir() / "10_capture.ipynb")).keys() >= {"run_dir", "out_dir", "model", "params_file"}
