@@ -109,6 +109,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sdlms.runner.StageContext.upstream': ('runner.html#stagecontext.upstream', 'sdlms/runner.py'),
                               'sdlms.runner.StageContext.write_meta': ('runner.html#stagecontext.write_meta', 'sdlms/runner.py'),
                               'sdlms.runner.artifacts_root': ('runner.html#artifacts_root', 'sdlms/runner.py'),
+                              'sdlms.runner.compare': ('runner.html#compare', 'sdlms/runner.py'),
                               'sdlms.runner.ensure_kernel': ('runner.html#ensure_kernel', 'sdlms/runner.py'),
                               'sdlms.runner.execute_stage': ('runner.html#execute_stage', 'sdlms/runner.py'),
                               'sdlms.runner.find_run': ('runner.html#find_run', 'sdlms/runner.py'),

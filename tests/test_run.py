@@ -147,3 +147,27 @@ def test_stage_notebook_runs_alone_on_its_defaults(tmp_path):
     df = pd.read_csv(tmp_path / "cap" / "sparsity.csv")
     assert df.model.tolist() == ["micro-tiny", "micro-tiny"]
     assert pm.inspect_notebook(str(stages_dir() / "10_capture.ipynb")).keys() >= {"run_dir", "out_dir", "model", "params_file"}
+
+
+def test_compare_runs_plots_them_together(smoke_run, tmp_path):
+    from sdlms.runner import compare
+    p = yaml.safe_load(open(SMOKE)); p.update(name="seed1", seed=1)
+    other = run(p, report=False, **quiet)
+    out = compare([str(smoke_run), other.name], log=lambda *a: None)
+    df = pd.read_csv(out / "scaling" / "scaling.csv")
+    assert sorted(df.run.unique()) == sorted([smoke_run.name, other.name])
+    assert (out / "_site" / "index.html").exists() and run_status(out)["status"] == "complete"
+    with pytest.raises(SdlmsError, match="no run 'nope'"):
+        compare(["nope"])
+
+
+def test_suite_training_is_bit_reproducible(tmp_path, monkeypatch):
+    from sdlms.suite import SuiteConfig, build_suite
+    cfg = SuiteConfig(sizes=["tiny"], train_tokens=4096, seq_len=64, batch_size=8, vocab_size=512, tokenizer_chars=20_000)
+    hashes = []
+    for i in range(2):
+        monkeypatch.setenv("SDLMS_CACHE", str(tmp_path / f"c{i}"))     # fresh caches: both train from scratch
+        hashes.append(build_suite(cfg, seed=7, workers=1, progress=False)["micro-tiny"]["model_hash"])
+    assert hashes[0] == hashes[1]
+    monkeypatch.setenv("SDLMS_CACHE", str(tmp_path / "c2"))
+    assert build_suite(cfg, seed=8, workers=1, progress=False)["micro-tiny"]["model_hash"] != hashes[0]
