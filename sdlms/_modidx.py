@@ -103,6 +103,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sdlms.report.check_quarto_project': ('report.html#check_quarto_project', 'sdlms/report.py'),
                               'sdlms.report.notebook_labels': ('report.html#notebook_labels', 'sdlms/report.py'),
                               'sdlms.report.run_notebooks': ('report.html#run_notebooks', 'sdlms/report.py'),
+                              'sdlms.report.sparsity_summary': ('report.html#sparsity_summary', 'sdlms/report.py'),
                               'sdlms.report.write_quarto_project': ('report.html#write_quarto_project', 'sdlms/report.py')},
             'sdlms.runner': { 'sdlms.runner.Stage': ('runner.html#stage', 'sdlms/runner.py'),
                               'sdlms.runner.StageContext': ('runner.html#stagecontext', 'sdlms/runner.py'),
