@@ -102,6 +102,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sdlms.report.build_report': ('report.html#build_report', 'sdlms/report.py'),
                               'sdlms.report.check_quarto_project': ('report.html#check_quarto_project', 'sdlms/report.py'),
                               'sdlms.report.notebook_labels': ('report.html#notebook_labels', 'sdlms/report.py'),
+                              'sdlms.report.offline_html': ('report.html#offline_html', 'sdlms/report.py'),
                               'sdlms.report.run_notebooks': ('report.html#run_notebooks', 'sdlms/report.py'),
                               'sdlms.report.sparsity_summary': ('report.html#sparsity_summary', 'sdlms/report.py'),
                               'sdlms.report.write_quarto_project': ('report.html#write_quarto_project', 'sdlms/report.py')},
