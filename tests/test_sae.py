@@ -1,0 +1,92 @@
+"SAE stage library: SAELens training from the activation cache, format round trips, resume, failures, bad input."
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sdlms.capture import ActivationCache, ActivationCacheWriter
+from sdlms.core import SdlmsError
+from sdlms.sae import ARCHITECTURES, TrainingError, evaluate, parse_sae_params, train_sae
+
+
+def planted(d, n=4000, d_in=16, n_feat=32, k_true=2, blocks=40, seed=0):
+    "A cache of sparse combinations of known unit directions (ground truth for recovery)."
+    g = torch.Generator().manual_seed(seed)
+    D = torch.nn.functional.normalize(torch.randn(n_feat, d_in, generator=g), dim=1)
+    idx = torch.stack([torch.randperm(n_feat, generator=g)[:k_true] for _ in range(n)])
+    X = torch.zeros(n, n_feat).scatter_(1, idx, torch.rand(n, k_true, generator=g) + 0.5) @ D
+    w = ActivationCacheWriter(Path(d) / "L0", d_in, shard_tokens=1500)
+    w.append(X)
+    T = n // blocks
+    w.close(pd.DataFrame({"token": np.arange(n), "task": np.repeat(np.arange(blocks) % 4, T).astype(str),
+                          "block": np.repeat(np.arange(blocks), T), "position": np.tile(np.arange(T), blocks)}))
+    return Path(d) / "L0", D
+
+
+SMALL = {"batch_size": 200, "train_tokens": 200 * 40, "eval_every": 10, "patience": 0, "checkpoint_every": 10, "k": 2}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_trains_and_loads_back_through_saelens(tmp_path, arch):
+    from sae_lens import SAE
+    cdir, _ = planted(tmp_path)
+    r = train_sae(cdir, tmp_path / "out", {**SMALL, "architecture": arch}, progress=False)
+    sae = SAE.load_from_disk(r["path"])
+    assert sae.cfg.d_in == 16 and sae.cfg.d_sae == 64
+    c = ActivationCache(cdir)
+    val = np.load(tmp_path / "out" / "split.npz")["val"]
+    x = c[val[:50]]
+    assert torch.allclose(sae(x), SAE.load_from_disk(r["path"])(x))
+    ev = evaluate(sae, c, val)
+    assert np.isfinite(ev["explained_variance"]) and ev["l0"] > 0
+    if arch in ("batchtopk", "matryoshka_batchtopk"):      # calibrated threshold: inference L0 close to k
+        assert abs(ev["l0"] - 2) < 0.5, ev["l0"]
+    cur = pd.read_csv(tmp_path / "out" / "curves.csv")
+    assert len(cur) == 40 and cur.val_mse.notna().sum() == 4
+
+
+def test_split_is_by_whole_blocks_and_stratified(tmp_path):
+    from sdlms.sae import split_blocks
+    cdir, _ = planted(tmp_path)
+    ix = ActivationCache(cdir).index
+    tr, va = split_blocks(ix, 0.2, seed=0)
+    assert len(tr) + len(va) == len(ix) and not set(tr) & set(va)
+    vb = ix.set_index("token").loc[va]
+    assert (vb.groupby("task").block.nunique() == 2).all()          # 10 blocks per task -> 2 held out each
+    assert set(ix.set_index("token").loc[tr].block) .isdisjoint(set(vb.block))
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    from sae_lens import SAE
+    cdir, _ = planted(tmp_path)
+    full = train_sae(cdir, tmp_path / "full", SMALL, progress=False)
+    assert train_sae(cdir, tmp_path / "cut", SMALL, progress=False, stop_after_steps=25) == {"interrupted_at": 25}
+    assert (tmp_path / "cut" / "checkpoints" / "step_20").exists() and not (tmp_path / "cut" / "sae").exists()
+    resumed = train_sae(cdir, tmp_path / "cut", SMALL, progress=False)
+    assert resumed["steps"] == full["steps"] == 40
+    a, b = SAE.load_from_disk(full["path"]), SAE.load_from_disk(resumed["path"])
+    assert torch.allclose(a.W_enc, b.W_enc, atol=1e-6) and torch.allclose(a.b_dec, b.b_dec, atol=1e-6)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    cdir, _ = planted(tmp_path)
+    with pytest.raises(TrainingError, match=r"non-finite SAE loss at step 24 .*last good checkpoint kept at .*step_20"):
+        train_sae(cdir, tmp_path / "out", SMALL, progress=False, _poison={25})
+    assert (tmp_path / "out" / "checkpoints" / "step_20" / "sae_weights.safetensors").exists()
+    assert not (tmp_path / "out" / "sae").exists()
+
+
+def test_bad_input_fails_before_training(tmp_path):
+    with pytest.raises(SdlmsError, match="no activation cache.*run the capture stage"):
+        train_sae(tmp_path / "nope", tmp_path / "out", SMALL)
+    cdir, _ = planted(tmp_path)
+    for bad, needle in [({"k": 100, "expansion": 2}, r"sae.k \(100\) is larger than d_sae \(32\)"),
+                        ({"train_tokens": 0}, "sae.train_tokens: must be >= 1"),
+                        ({"batch_size": -1}, "sae.batch_size: must be >= 1"),
+                        ({"architecture": "vanilla"}, "'vanilla' is not one of"),
+                        ({"val_frac": 1.5}, r"sae.val_frac: must be in \(0, 1\)")]:
+        with pytest.raises(SdlmsError, match=needle):
+            train_sae(cdir, tmp_path / "out", {**SMALL, **bad}, progress=False)
+    assert not (tmp_path / "out" / "sae").exists()
