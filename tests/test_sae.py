@@ -90,3 +90,37 @@ def test_bad_input_fails_before_training(tmp_path):
         with pytest.raises(SdlmsError, match=needle):
             train_sae(cdir, tmp_path / "out", {**SMALL, **bad}, progress=False)
     assert not (tmp_path / "out" / "sae").exists()
+
+
+def test_spliced_losses_identity_recovers_everything(tiny_models):
+    from sdlms.models import load_model, mlp_sites
+    from sdlms.sae import loss_recovered, spliced_losses
+    lm, tok = load_model(str(tiny_models["gpt_neox"]))
+    site = mlp_sites(lm)[1]
+    ids = np.random.default_rng(0).integers(0, 512, (4, 32))
+    L = spliced_losses(lm, ids, np.array([0, 0, 1, 1]), ["a", "b"], site.module,
+                       {"clean": None, "sae": lambda a: a.clone(), "zero": lambda a: torch.zeros_like(a)}, batch_size=2)
+    w = L.pivot(index="task", columns="variant", values="loss")
+    assert np.allclose(w["clean"], w["sae"]) and not np.allclose(w["clean"], w["zero"])
+    assert np.allclose(loss_recovered(L, "zero"), 1.0)
+
+
+def test_sae_stage_end_to_end_with_a_k_grid():
+    from sae_lens import SAE
+    from sdlms.runner import run, run_status
+    root = Path(__file__).resolve().parent.parent
+    d = run(str(root / "params" / "smoke_sae.yaml"), progress=False, log=lambda *a: None)
+    assert run_status(d)["status"] == "complete"
+    for layer in (0, 1):
+        m = pd.read_csv(d / f"sae/micro-tiny/L{layer}/sae_metrics.csv")
+        assert m.k.tolist() == [4, 8] and (m.d_sae == 256).all()
+        assert np.allclose(m.l0, m.k)                                           # TopK: exactly k per token
+        assert (m.explained_variance > 0).all() and m.explained_variance.is_monotonic_increasing   # more k, more EV
+        assert ((m.recovered_zero > 0) & (m.recovered_zero <= 1.05)).all()
+        assert (m.si_mean > m.si_null_mean).all()                              # features beat the label-shuffle null
+        for name in m.sae:
+            sae = SAE.load_from_disk(str(d / f"sae/micro-tiny/L{layer}/{name}/sae"))
+            assert sae.cfg.d_in == 128
+            f = pd.read_parquet(d / f"sae/micro-tiny/L{layer}/{name}/features.parquet")
+            assert len(f) == 256 and f.density.between(0, 1).all()
+    assert (d / "_site" / "sae" / "micro-tiny" / "L0" / "20_sae.html").exists()
