@@ -124,3 +124,16 @@ def test_sae_stage_end_to_end_with_a_k_grid():
             f = pd.read_parquet(d / f"sae/micro-tiny/L{layer}/{name}/features.parquet")
             assert len(f) == 256 and f.density.between(0, 1).all()
     assert (d / "_site" / "sae" / "micro-tiny" / "L0" / "20_sae.html").exists()
+    summ = pd.read_csv(d / "sae_summary" / "sae_summary.csv")
+    assert len(summ) == 4 and set(summ.k) == {4, 8} and (summ.params > 0).all()
+    assert (d / "sae_summary" / "death_vs_k.html").exists()
+    from sdlms.report import check_quarto_project
+    assert check_quarto_project(d) == []
+    assert "{{< embed sae_summary/91_sae_summary.ipynb#fig-death >}}" in (d / "index.qmd").read_text()
+
+
+def test_ground_truth_recovery_beats_random_init(tmp_path):
+    from sdlms.sae import ground_truth_check
+    gt = ground_truth_check(tmp_path)              # 64 true features in 32 dims, 3 active per token on average
+    assert gt["trained"]["matched_frac"] > 0.7 and gt["random_init"]["matched_frac"] == 0.0
+    assert gt["trained"]["mcc"] > gt["random_init"]["mcc"] + 0.3
