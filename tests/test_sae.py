@@ -123,6 +123,10 @@ def test_sae_stage_end_to_end_with_a_k_grid():
             assert sae.cfg.d_in == 128
             f = pd.read_parquet(d / f"sae/micro-tiny/L{layer}/{name}/features.parquet")
             assert len(f) == 256 and f.density.between(0, 1).all()
+            page = (d / f"sae/micro-tiny/L{layer}/{name}/feature_browser.html").read_text()
+            assert f"{(f.density > 0).sum()} live features of 256" in page and "<mark>" in page and "http" not in page
+        st = pd.read_csv(d / f"sae/micro-tiny/L{layer}/{m.sae[0]}/steering.csv", index_col=0)
+        assert {"clean", "ablate", "amplify x4"} <= set(st.columns) and "all" in st.index
     assert (d / "_site" / "sae" / "micro-tiny" / "L0" / "20_sae.html").exists()
     summ = pd.read_csv(d / "sae_summary" / "sae_summary.csv")
     assert len(summ) == 4 and set(summ.k) == {4, 8} and (summ.params > 0).all()
