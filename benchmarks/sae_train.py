@@ -12,10 +12,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
-import pandas as pd
 import torch
 
-from sdlms.capture import ActivationCache, ActivationCacheWriter
+from sdlms.capture import ActivationCache, write_array_cache
 from sdlms.core import package_versions, set_threads
 from sdlms.sae import CacheBatches, evaluate, parse_sae_params, split_blocks, train_sae
 
@@ -28,12 +27,8 @@ def make_cache(root, n_tokens, seed=0):
     fd = FeatureDictionary(8192, D_IN, initializer=None, seed=seed)
     gen = ActivationGenerator(8192, firing_probabilities=0.004, std_firing_magnitudes=0.2, mean_firing_magnitudes=1.0)
     torch.manual_seed(seed)
-    w = ActivationCacheWriter(Path(root) / "L0", D_IN, shard_tokens=16384)
-    for i in range(0, n_tokens, 8192): w.append(fd(gen.sample(8192)).detach())
-    T = 128; B = n_tokens // T
-    w.close(pd.DataFrame({"token": np.arange(n_tokens), "task": np.repeat(np.arange(B) % 4, T).astype(str),
-                          "block": np.repeat(np.arange(B), T), "position": np.tile(np.arange(T), B)}))
-    return Path(root) / "L0"
+    X = torch.cat([fd(gen.sample(8192)).detach() for _ in range(0, n_tokens, 8192)])
+    return write_array_cache(Path(root) / "L0", X, block_size=128, n_tasks=4, shard_tokens=16384)
 
 
 def saelens_default(cache_dir, steps, seed=0):

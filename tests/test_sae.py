@@ -6,23 +6,18 @@ import pandas as pd
 import pytest
 import torch
 
-from sdlms.capture import ActivationCache, ActivationCacheWriter
+from sdlms.capture import ActivationCache, write_array_cache
 from sdlms.core import SdlmsError
 from sdlms.sae import ARCHITECTURES, TrainingError, evaluate, parse_sae_params, train_sae
 
 
-def planted(d, n=4000, d_in=16, n_feat=32, k_true=2, blocks=40, seed=0):
-    "A cache of sparse combinations of known unit directions (ground truth for recovery)."
+def planted(d, n=4000, d_in=16, n_feat=32, k_true=2, seed=0):
+    "A cache of sparse combinations of known unit directions (ground truth for recovery): 40 blocks, 4 tasks."
     g = torch.Generator().manual_seed(seed)
     D = torch.nn.functional.normalize(torch.randn(n_feat, d_in, generator=g), dim=1)
     idx = torch.stack([torch.randperm(n_feat, generator=g)[:k_true] for _ in range(n)])
     X = torch.zeros(n, n_feat).scatter_(1, idx, torch.rand(n, k_true, generator=g) + 0.5) @ D
-    w = ActivationCacheWriter(Path(d) / "L0", d_in, shard_tokens=1500)
-    w.append(X)
-    T = n // blocks
-    w.close(pd.DataFrame({"token": np.arange(n), "task": np.repeat(np.arange(blocks) % 4, T).astype(str),
-                          "block": np.repeat(np.arange(blocks), T), "position": np.tile(np.arange(T), blocks)}))
-    return Path(d) / "L0", D
+    return write_array_cache(Path(d) / "L0", X, block_size=100, n_tasks=4, shard_tokens=1500), D
 
 
 SMALL = {"batch_size": 200, "train_tokens": 200 * 40, "eval_every": 10, "patience": 0, "checkpoint_every": 10, "k": 2}
