@@ -20,6 +20,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'sdlms/capture.py'),
                                'sdlms.capture.ActivationCacheWriter.close': ( 'capture.html#activationcachewriter.close',
                                                                               'sdlms/capture.py'),
+                               'sdlms.capture.block_losses': ('capture.html#block_losses', 'sdlms/capture.py'),
                                'sdlms.capture.capture': ('capture.html#capture', 'sdlms/capture.py'),
                                'sdlms.capture.per_task_loss': ('capture.html#per_task_loss', 'sdlms/capture.py'),
                                'sdlms.capture.pr_mask': ('capture.html#pr_mask', 'sdlms/capture.py'),
