@@ -52,7 +52,8 @@ def test_report_site_and_quarto_config(smoke_run):
     cfg = yaml.safe_load((smoke_run / "_quarto.yml").read_text())
     assert cfg["project"]["type"] == "website" and cfg["execute"]["enabled"] is False
     assert set(cfg["project"]["render"]) == {"index.qmd", "suite/00_suite.ipynb", "capture/micro-tiny/10_capture.ipynb",
-                                             "scaling/90_scaling.ipynb"}
+                                             "specialization/micro-tiny/L0/30_specialization.ipynb",
+                                             "specialization/micro-tiny/L1/30_specialization.ipynb", "scaling/90_scaling.ipynb"}
     assert "{{< embed scaling/90_scaling.ipynb#fig-as-size >}}" in (smoke_run / "index.qmd").read_text()
     yaml.safe_load((ROOT / "_quarto.yml").read_text())
     for rel in cfg["project"]["render"][1:]:
@@ -70,7 +71,8 @@ def test_report_site_and_quarto_config(smoke_run):
 def test_same_seed_gives_identical_results(smoke_run):
     again = run(SMOKE, **quiet)
     assert again != smoke_run
-    for f in ["sparsity.csv", "capture/micro-tiny/rates_L1.npz"]:
+    for f in ["sparsity.csv", "capture/micro-tiny/rates_L1.npz", "si_modularity.csv", "ablation.csv",
+              "specialization/micro-tiny/L1/communities.csv", "specialization/micro-tiny/L0/units.parquet"]:
         assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
     m1 = json.loads((smoke_run / "capture/micro-tiny/cache/L0/manifest.json").read_text())
     m2 = json.loads((again / "capture/micro-tiny/cache/L0/manifest.json").read_text())

@@ -122,6 +122,11 @@ def test_sae_stage_end_to_end_with_a_k_grid():
             assert f"{(f.density > 0).sum()} live features of 256" in page and "<mark>" in page and "http" not in page
         st = pd.read_csv(d / f"sae/micro-tiny/L{layer}/{m.sae[0]}/steering.csv", index_col=0)
         assert {"clean", "ablate", "amplify x4"} <= set(st.columns) and "all" in st.index
+    # the specialization stage analyses each SAE's features next to the neurons
+    spec = pd.read_csv(d / "si_modularity.csv")
+    assert set(spec.unit_kind) == {"neuron", "neuron_init", "sae:topk_k4_d256", "sae:topk_k8_d256"}
+    feat = spec[spec.unit_kind.str.startswith("sae:")]
+    assert (feat.n_units == 256).all() and (feat.active == "feature > 0").all() and feat.Q.notna().all()
     assert (d / "_site" / "sae" / "micro-tiny" / "L0" / "20_sae.html").exists()
     summ = pd.read_csv(d / "sae_summary" / "sae_summary.csv")
     assert len(summ) == 4 and set(summ.k) == {4, 8} and (summ.params > 0).all()
