@@ -51,8 +51,8 @@ def main(argv=None):
             from sdlms.runner import compare
             print(f"folder: {compare(a.runs, a.name)}")
         elif a.cmd == "validate":
-            from sdlms.config import load_params
-            p = load_params(a.params); print(f"{a.params}: valid ({len(p.models)} models, {len(p.tasks)} tasks)")
+            from sdlms.config import check_models, load_params
+            p = load_params(a.params); check_models(p); print(f"{a.params}: valid ({len(p.models)} models, {len(p.tasks)} tasks)")
         elif a.cmd == "params":
             from sdlms.config import describe
             from sdlms.sae import SAEParams

@@ -15,8 +15,8 @@ from .data import load_manifest
 from .suite import SIZES, SuiteConfig, model_name
 
 # %% auto #0
-__all__ = ['F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'RunParams', 'describe', 'validate', 'sae_grid', 'parse_params',
-           'load_params', 'params_dict']
+__all__ = ['REMOVED_KEYS', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'RunParams', 'describe', 'model_facts',
+           'check_models', 'validate', 'sae_grid', 'parse_params', 'load_params', 'params_dict']
 
 # %% ../nbs/05_config.ipynb #c669cdf6
 def F(default, types, help: str, choices=None):
@@ -40,7 +40,6 @@ class CaptureConfig:
 @dataclass
 class SuiteParams:
     "Offline micro-suite settings (see `sdlms.suite.SuiteConfig`)."
-    sizes: list = F(["xs", "s", "m"], (list,), "suite sizes to build; models named micro-<size>")
     train_tokens: int = F(400_000, (int,), "training tokens per model")
     seq_len: int = F(128, (int,), "training context length")
     batch_size: int = F(16, (int,), "training sequences per step")
@@ -98,8 +97,8 @@ class RunParams:
     specialization: SpecParams = field(default_factory=SpecParams, metadata={"help": "specialization (SI), modularity (Q) and ablation stage settings"})
 
     def suite_config(self) -> SuiteConfig:
-        "The `SuiteConfig` for `sdlms.suite.build_suite`."
-        return SuiteConfig(**asdict(self.suite))
+        "The `SuiteConfig` for `sdlms.suite.build_suite`: the sizes named in `models`, so the two cannot disagree."
+        return SuiteConfig(sizes=self.micro_sizes(), **asdict(self.suite))
 
     def micro_sizes(self) -> list:
         "Suite sizes named in `models`."
@@ -118,6 +117,8 @@ def describe(cls=RunParams, prefix: str = "") -> str:
         lines.append(f"{prefix}{f.name}: {json.dumps(d)}  # {f.metadata.get('help', '')}{ch}")
     return "\n".join(lines)
 
+REMOVED_KEYS = {"suite.sizes": "no longer a parameter: the suite trains the micro models named in `models`; delete the key"}
+
 def _build(cls, d: dict, path: str, errors: list):
     if not isinstance(d, dict):
         errors.append(f"{path or 'params'}: expected a mapping, got {type(d).__name__}"); return cls()
@@ -125,6 +126,7 @@ def _build(cls, d: dict, path: str, errors: list):
     kw = {}
     for k, v in d.items():
         p = f"{path}.{k}" if path else k
+        if p in REMOVED_KEYS: errors.append(f"{p}: {REMOVED_KEYS[p]}"); continue
         if k not in fs:
             errors.append(f"unknown key {p!r}; valid keys{' in ' + path if path else ''}: {', '.join(fs)}"); continue
         f = fs[k]
@@ -143,20 +145,56 @@ def _build(cls, d: dict, path: str, errors: list):
     return cls(**kw)
 
 # %% ../nbs/05_config.ipynb #b9783b8f
-def _n_layers(model: str, p: RunParams):
-    "Layer count of a model spec without loading weights (None when it cannot be known offline)."
-    if model.startswith("micro-"): return SIZES[model[6:]].n_layers
-    cfg = Path(model).expanduser() / "config.json"
-    if cfg.exists():
-        c = json.loads(cfg.read_text())
-        return c.get("num_hidden_layers", c.get("n_layer"))
-    return None
+def model_facts(model: str, p: RunParams | None = None, hub: bool = True) -> dict | None:
+    """Architecture of a model spec without loading weights: `model_type`, `n_layers`, `d_mlp`, `max_positions`.
+    Micro-suite names from their suite config, local folders from `config.json`, hub ids (when `hub`) from the hub or
+    its local cache (an error names the fix when neither has it); None for a hub id when `hub` is False."""
+    from sdlms.models import d_mlp_of, load_config, n_layers_of
+    from sdlms.suite import neox_config
+    if model.startswith("micro-"):
+        s = (p or RunParams()).suite
+        cfg = neox_config(model[len("micro-"):], s.vocab_size, s.seq_len, s.rotary_pct)
+    elif hub or (Path(model).expanduser() / "config.json").exists(): cfg = load_config(model)
+    else: return None
+    return {"model_type": cfg.model_type, "n_layers": n_layers_of(cfg), "d_mlp": d_mlp_of(cfg),
+            "max_positions": getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)}
+
+def _check_model(m: str, p: RunParams, errors: list, hub: bool):
+    "Append what does not fit model `m` (layers, block_size, SAE sizes) to `errors`; returns its facts."
+    from sdlms.models import select_layers
+    try: f = model_facts(m, p, hub)
+    except SdlmsError as e: errors.append(f"models: {e}"); return None
+    if f is None: return None
+    try: select_layers(p.layers, f["n_layers"])
+    except SdlmsError as e: errors.append(f"layers for {m}: {e}")
+    if f["max_positions"] and p.block_size > f["max_positions"]:
+        errors.append(f"block_size ({p.block_size}) is longer than the context of {m} ({f['max_positions']} positions); lower block_size")
+    if p.sae:
+        from sdlms.sae import parse_sae_params
+        for g in sae_grid(p.sae):
+            try: parse_sae_params(g)
+            except SdlmsError: break   # problems of the SAE params themselves are reported by `_validate_sae`
+            try: parse_sae_params(g, d_in=f["d_mlp"])
+            except SdlmsError as e:
+                errors += [f"sae for {m} (MLP width {f['d_mlp']}): {l.strip()[2:]}" for l in str(e).splitlines()[1:] if l.strip()]
+    return f
+
+def check_models(p: RunParams) -> dict:
+    """Resolve every model's architecture before any compute or run folder (hub ids too) and check the layers,
+    block_size and SAE sizes against it. One `SdlmsError` lists every problem; returns `{model: facts}`."""
+    errors, out = [], {}
+    for m in p.models:
+        f = _check_model(m, p, errors, hub=True)
+        if f is not None: out[m] = f
+    if errors:
+        raise SdlmsError("the params do not fit the models:\n" + "\n".join(f"  - {e}" for e in dict.fromkeys(errors)))
+    return out
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def validate(p: RunParams, errors: list | None = None) -> list:
     "Semantic checks (models, layers, tasks, ranges); returns the list of problems (empty when valid)."
-    from sdlms.models import SITE_REGISTRY, select_layers
+    from sdlms.models import SITE_REGISTRY
     errors = [] if errors is None else errors
     for k in ("tokens_per_task", "block_size", "batch_size", "workers"):
         if getattr(p, k) < 1: errors.append(f"{k}: must be >= 1, got {getattr(p, k)}")
@@ -183,8 +221,6 @@ def validate(p: RunParams, errors: list | None = None) -> list:
             errors.append(f"tokens_per_task ({p.tokens_per_task}) is below specialization.min_task_tokens ({sp.min_task_tokens}): "
                           "per-task rates would be noise; raise tokens_per_task")
     s = p.suite
-    bad = [z for z in s.sizes if z not in SIZES]
-    if bad: errors.append(f"suite.sizes: unknown {bad}; sizes: {', '.join(SIZES)}")
     for k in ("train_tokens", "seq_len", "batch_size", "vocab_size", "tokenizer_chars"):
         if getattr(s, k) < 1: errors.append(f"suite.{k}: must be >= 1, got {getattr(s, k)}")
     # tasks
@@ -209,10 +245,7 @@ def validate(p: RunParams, errors: list | None = None) -> list:
         elif not _HUB_ID.match(m):
             errors.append(f"models: {m!r} is not a micro-suite name ({', '.join(valid_micro)}), a local folder with "
                           f"config.json, or a hub id like 'EleutherAI/pythia-70m-deduped'"); continue
-        n = _n_layers(m, p)
-        if n is not None:
-            try: select_layers(p.layers, n)
-            except SdlmsError as e: errors.append(f"layers for {m}: {e}")
+        _check_model(m, p, errors, hub=False)
     if isinstance(p.layers, str) and p.layers != "all": errors.append(f"layers: the only string allowed is 'all', got {p.layers!r}")
     if len(set(p.models)) != len(p.models): errors.append(f"models: duplicates in {p.models}")
     return errors
@@ -259,8 +292,11 @@ def load_params(path) -> RunParams:
         else:
             have = sorted(x.stem for x in (repo_root() / "params").glob("*.yaml"))
             raise SdlmsError(f"params file {str(path)!r} not found; available in params/: {', '.join(have)}")
-    try: d = yaml.safe_load(path.read_text()) or {}
+    try: d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e: raise SdlmsError(f"{path}: not valid YAML ({e})") from None
+    if not d:
+        raise SdlmsError(f"{path}: the params file is empty, so there is nothing to run; start from params/default.yaml "
+                         "(the default job) or params/smoke.yaml, or run `sdlms params` to list every key")
     return parse_params(d)
 
 def params_dict(p: RunParams) -> dict:

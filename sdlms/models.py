@@ -102,12 +102,21 @@ def is_local_model(spec: str) -> bool:
     return (Path(spec).expanduser() / "config.json").exists()
 
 def load_config(spec: str):
-    "The HF config of a local folder or hub id, with a clear error when it is neither."
+    """The HF config of a local folder or hub id. Offline (hub unreachable) a hub id is looked up in the local
+    Hugging Face cache only, so an unreachable model fails in seconds with a message naming the fix."""
     from transformers import AutoConfig
-    try: return AutoConfig.from_pretrained(str(spec), trust_remote_code=False)
+    from sdlms.data import hub_reachable
+    local = is_local_model(spec)
+    online = local or hub_reachable()
+    try: return AutoConfig.from_pretrained(str(Path(spec).expanduser()) if local else str(spec), trust_remote_code=False,
+                                           local_files_only=not online)
     except Exception as e:
+        if not online:
+            raise SdlmsError(f"model {spec!r}: the Hugging Face hub cannot be reached from here and the model is not in the "
+                             f"local cache; save it with save_pretrained where the hub is reachable and give that folder's "
+                             f"path instead") from None
         raise SdlmsError(f"model {spec!r} is neither a local folder with config.json nor a hub id that can be "
-                         f"loaded here ({type(e).__name__}); save it with save_pretrained and give its path") from None
+                         f"loaded here ({type(e).__name__}: {str(e)[:160]}); save it with save_pretrained and give its path") from None
 
 def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     "Load a causal LM and its tokenizer (eval mode, no grad). Returns `(model, tokenizer)`."

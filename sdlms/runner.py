@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, append_jsonl, hash_json, package_versions, read_jsonl, repo_root, write_json
-from .config import RunParams, load_params, params_dict, parse_params
+from .config import RunParams, check_models, load_params, params_dict, parse_params
 
 # %% auto #0
 __all__ = ['STAGES', 'KERNEL', 'Stage', 'slug', 'stages_dir', 'plan', 'ensure_kernel', 'kernel_env', 'execute_stage',
@@ -181,6 +181,7 @@ def run(params=None, resume=None, workers: int | None = None, stop_after: str | 
         log(f"resuming {run_dir}")
     else:
         p = load_params(params) if not isinstance(params, dict) else parse_params(params)   # validate before compute
+        check_models(p)   # every model's architecture (hub ids too) against layers, block_size and SAE sizes
         run_dir = new_run_dir(p.name)
         (run_dir / "params.yaml").write_text(yaml.safe_dump(params_dict(p), sort_keys=False))
         write_json(run_dir / "run.json", {"name": p.name, "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
@@ -282,7 +283,7 @@ def resolve_model(ctx: StageContext, model: str) -> dict:
             models = build_suite(ctx.params.suite_config(), ctx.params.seed, workers=1, progress=False)
         else: models = json.loads(ctx.upstream("suite/models.json", "the micro-suite's models.json", "suite").read_text())
         if model not in models:
-            raise SdlmsError(f"{model} is not in this run's suite ({', '.join(models)}); add its size to suite.sizes")
+            raise SdlmsError(f"{model} is not in this run's suite ({', '.join(models)}); add it to `models`")
         return {"path": models[model]["path"], "init_path": models[model]["init_path"]}
     return {"path": model, "init_path": None}
 

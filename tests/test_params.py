@@ -1,5 +1,5 @@
 "Params are validated before any compute: one clear error listing every problem and what is valid."
-import os
+import os, time
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,9 @@ def test_shipped_params_are_valid(name):
     ({"layers": [1.5]}, "layer selection 1.5 out of range"),
     ({"dtype": "int8"}, "dtype: 'int8' is not one of ['float32', 'bfloat16', 'float16']"),
     ({"tokens_per_task": 10, "block_size": 64}, "tokens_per_task (10) must be at least block_size (64)"),
-    ({"suite": {"sizes": ["xl"]}}, "suite.sizes: unknown ['xl']"),
+    ({"suite": {"sizes": ["xl"]}}, "suite.sizes: no longer a parameter: the suite trains the micro models named in `models`"),
+    ({"models": ["micro-xs"], "sae": {"d_sae": 64, "k": 100}}, "sae for micro-xs (MLP width 256): sae.k (100) is larger than d_sae (64)"),
+    ({"models": ["micro-xs"], "block_size": 512, "tokens_per_task": 2048}, "block_size (512) is longer than the context of micro-xs"),
 ])
 def test_bad_params_name_problem_and_fix(bad, needle):
     with pytest.raises(SdlmsError) as e: parse_params(bad)
@@ -64,3 +66,28 @@ def test_cli_rejects_bad_params_before_creating_a_run(tmp_path, capsys):
     f.write_text("name: [unclosed")
     assert main(["validate", str(f)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def _runs():
+    d = os.environ["SDLMS_ARTIFACTS"]
+    return set(os.listdir(d)) if os.path.exists(d) else set()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "the params file is empty"),
+    ("# only a comment\n", "the params file is empty"),
+    (yaml.safe_dump({"name": "hub", "models": ["sdlms-test/no-such-model"]}),
+     "model 'sdlms-test/no-such-model': the Hugging Face hub cannot be reached from here"),
+    (yaml.safe_dump({"name": "sae", "models": ["micro-tiny"], "sae": {"d_sae": 16, "k": 32}}),
+     "sae for micro-tiny (MLP width 128): sae.k (32) is larger than d_sae (16)"),
+])
+def test_run_rejects_bad_input_before_any_compute(tmp_path, capsys, monkeypatch, text, needle):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")   # as on a machine without the hub
+    f = tmp_path / "p.yaml"; f.write_text(text)
+    before = _runs()
+    t = time.perf_counter()
+    assert main(["run", str(f), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert time.perf_counter() - t < 30 and _runs() == before     # no run folder, no training
+    assert main(["validate", str(f)]) == 2 and needle in capsys.readouterr().err
