@@ -14,7 +14,8 @@ from .core import SdlmsError, sha256_file, write_json
 from .metrics import LayerStats
 
 # %% auto #0
-__all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_mask', 'capture', 'block_losses', 'per_task_loss']
+__all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_mask', 'capture', 'block_losses', 'per_task_loss',
+           'site_replaced', 'zero_fn', 'constant_fn', 'site_means', 'importance_blocks', 'mlp_importance']
 
 # %% ../nbs/06_capture.ipynb #7a7caa63
 class ActivationCacheWriter:
@@ -215,6 +216,8 @@ def capture(model, blocks, layers: list, topk_fracs=(0.1, 0.3, 0.5), pr_token_ra
     return out
 
 # %% ../nbs/06_capture.ipynb #c0fbcc15
+from contextlib import contextmanager
+
 def block_losses(model, ids_BT, task_B, n_tasks: int, batch_size: int = 16) -> tuple:
     "Summed per-block mean next-token loss and block counts per task: `(tot_K, cnt_K)` (what every loss table is built from)."
     import torch.nn.functional as Fn
@@ -234,3 +237,76 @@ def per_task_loss(model, blocks, batch_size: int = 16) -> dict:
     "Mean next-token loss (nats) per task over the probe blocks."
     tot, cnt = block_losses(model, blocks.ids_BT, blocks.task_B, len(blocks.tasks), batch_size)
     return {t: float(tot[k] / cnt[k]) for k, t in enumerate(blocks.tasks)}
+
+@contextmanager
+def site_replaced(site_module, fn=None):
+    """Within the block, the MLP site's activations (the input of the down projection `site_module`) are replaced by
+    `fn(a_ND)`, a function of the flattened `(tokens, d_mlp)` activations; `fn=None` leaves them unchanged."""
+    if fn is None: yield; return
+    def hook(mod, inp):
+        a = inp[0]
+        return (fn(a.reshape(-1, a.shape[-1])).reshape(a.shape).to(a.dtype), *inp[1:])
+    h = site_module.register_forward_pre_hook(hook)
+    try: yield
+    finally: h.remove()
+
+def zero_fn(a_ND):
+    "Replacement: every unit set to 0 (the MLP then adds only its down projection's bias)."
+    return torch.zeros_like(a_ND)
+
+def constant_fn(v_D):
+    "Replacement: every token's activations set to the vector `v_D` (e.g. the mean over the probe tokens)."
+    return lambda a_ND: v_D.to(a_ND.device, a_ND.dtype).expand_as(a_ND)
+
+def site_means(model, ids_BT, site_modules: dict, batch_size: int = 16) -> dict:
+    "Mean activation vector of each site `{key: down-projection module}` over the tokens of `ids_BT`, in one pass."
+    dev = next(model.parameters()).device
+    acc = {k: [0.0, 0] for k in site_modules}
+    def hook(k):
+        def f(mod, inp):
+            a = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
+            acc[k][0] = acc[k][0] + a.sum(0); acc[k][1] += len(a)
+        return f
+    hs = [m.register_forward_pre_hook(hook(k)) for k, m in site_modules.items()]
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(ids_BT), batch_size): model(input_ids=torch.as_tensor(ids_BT[i:i + batch_size]).to(dev))
+    finally:
+        for h in hs: h.remove()
+    return {k: (s / n).float() for k, (s, n) in acc.items()}
+
+def importance_blocks(task_B, blocks_per_task: int = 0, seed: int = 0) -> np.ndarray:
+    "Indices of the probe blocks used for site importance: all (0), or `blocks_per_task` seeded blocks of each task."
+    task_B = np.asarray(task_B)
+    if blocks_per_task <= 0: return np.arange(len(task_B))
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(task_B == t), min(blocks_per_task, int((task_B == t).sum())),
+                                              replace=False) for t in np.unique(task_B)]))
+
+def mlp_importance(model, blocks, layers: list, batch_size: int = 16, blocks_per_task: int = 0, seed: int = 0,
+                   progress: bool = False, desc: str = "site importance") -> dict:
+    """Does the model use each MLP site? The probe-loss increase (nats; tasks weighted equally) when the site's units
+    are zeroed (`mlp_zero_cost`) or set to their mean over the same tokens (`mlp_mean_cost`), one site at a time.
+    Returns `{layer: {mlp_zero_cost, mlp_mean_cost, loss_clean, importance_tokens}}`. Read no metric of a site
+    whose costs are near 0: the model does not use that MLP."""
+    from tqdm import tqdm
+    from sdlms.models import mlp_sites
+    sites = {s.layer: s for s in mlp_sites(model)}
+    bad = [l for l in layers if l not in sites]
+    if bad: raise SdlmsError(f"layers {bad} do not exist; the model has layers 0..{len(sites) - 1}")
+    sel = importance_blocks(blocks.task_B, blocks_per_task, seed)
+    ids, task_B = blocks.ids_BT[sel], blocks.task_B[sel]
+    K = len(blocks.tasks)
+    def loss():
+        tot, cnt = block_losses(model, ids, task_B, K, batch_size)
+        return float(np.mean(tot[cnt > 0] / cnt[cnt > 0]))
+    clean = loss()
+    means = site_means(model, ids, {l: sites[l].module for l in layers}, batch_size)
+    out = {}
+    for l in tqdm(layers, desc=desc, disable=not progress, unit="site"):
+        with site_replaced(sites[l].module, zero_fn): z = loss()
+        with site_replaced(sites[l].module, constant_fn(means[l])): m = loss()
+        out[l] = {"mlp_zero_cost": z - clean, "mlp_mean_cost": m - clean, "loss_clean": clean,
+                  "importance_tokens": int(ids.size)}
+    return out
+

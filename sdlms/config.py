@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, repo_root
-from .data import load_manifest
+from .data import GENERATORS, load_manifest
 from .suite import SIZES, SuiteConfig, model_name
 
 # %% auto #0
@@ -36,13 +36,15 @@ class CaptureConfig:
     pr_max_tokens: int = F(65536, (int,), "cap on PR / top-k-mass tokens per layer")
     topk_fracs: list = F([0.1, 0.3, 0.5], (list,), "unit fractions for the top-k L1-mass magnitude view")
     init_twin: bool = F(True, (bool,), "also measure the random-init twin of every model (the baseline)")
+    importance_blocks_per_task: int = F(0, (int,), "probe blocks per task on which site importance (probe-loss increase when a "
+                                        "site's MLP units are zeroed / mean-ablated) is measured; 0: all probe blocks")
 
 @dataclass
 class SuiteParams:
     "Offline micro-suite settings (see `sdlms.suite.SuiteConfig`)."
-    train_tokens: int = F(400_000, (int,), "training tokens per model")
+    train_tokens: int = F(1_200_000, (int,), "training tokens per model")
     seq_len: int = F(128, (int,), "training context length")
-    batch_size: int = F(16, (int,), "training sequences per step")
+    batch_size: int = F(8, (int,), "training sequences per step")
     vocab_size: int = F(1024, (int,), "model vocabulary size")
     tokenizer_chars: int = F(200_000, (int,), "characters per task used to train the BPE")
     rotary_pct: float = F(1.0, (int, float), "share of head dims with rotary embeddings")
@@ -64,16 +66,23 @@ class SpecParams:
                          "allows (all probe tokens for small layers, 2,048 at 16,384 units); sparse activity uses all tokens")
     k_edges: int = F(5, (int,), "strongest positive-PMI edges kept per unit (Louvain time grows with it)")
     min_cocount: int = F(3, (int,), "minimum co-activation count for an edge")
-    n_null_q: int = F(3, (int,), "shuffled-activity repeats for the modularity null (Q_null, z)")
+    n_null_q: int = F(3, (int,), "repeats of each modularity null: (a) every unit's activity permuted across tokens "
+                      "(Q_null_a, z_a), (b) permuted within each task (Q_null_b, z_b)")
+    z_cut: float = F(3.0, (int, float), "z above which a modularity null counts as rejected (the CSV's q_verdict)")
     resolution: float = F(1.0, (int, float), "Louvain resolution")
+    pair_method: str = F("auto", (str,), "co-activation pair counts: 'dense' (GEMM on the token sample), 'sparse' (compiled "
+                         "counter on all tokens when sparse enough, else on the sample) or 'auto' (the cheaper per token)",
+                         ["auto", "dense", "sparse"])
+    sparse_density: float = F(0.02, (int, float), "activity density below which all tokens are kept as a sparse matrix "
+                              "(the sparse pair path can then count pairs on every token)")
+    min_enrichment: float = F(1.5, (int, float), "a community is task-enriched (n_enriched_communities, ablation sets) when "
+                              "its members' mean rate on its top task is at least this multiple of their mean over tasks")
     ablate: bool = F(True, (bool,), "run the causal ablations (top-SI units per task, task-enriched communities)")
     ablation_mode: str = F("zero", (str,), "ablation: set units to 0 or to their mean", ["zero", "mean"])
     ablation_frac: float = F(0.05, (int, float), "share of the layer's neurons ablated per task (top SI)")
     max_communities: int = F(8, (int,), "largest task-enriched communities ablated")
     n_controls: int = F(3, (int,), "random same-size unit sets per ablation (seeded)")
     ablation_blocks_per_task: int = F(8, (int,), "probe blocks per task on which ablation losses are measured")
-
-_GENERATED = ["arith", "code", "prose", "ioi", "induction", "dialogue"]
 
 @dataclass
 class RunParams:
@@ -82,7 +91,7 @@ class RunParams:
     seed: int = F(0, (int,), "seed of everything: suite training, probe data, subsamples")
     models: list = F(["micro-xs", "micro-s", "micro-m"], (list,), "models: micro-<size>, a local save_pretrained folder, or a hub id")
     layers: object = F("all", (str, int, float, list), "layers: 'all', index, relative depth in [0, 1], or a list of them")
-    tasks: list = F(list(_GENERATED), (list,), "probe task names from the manifest")
+    tasks: list = F(list(GENERATORS), (list,), "probe task names from the manifest")
     tasks_manifest: object = F(None, (str, type(None)), "probe-task manifest (default data/probe_tasks.jsonl)")
     tokens_per_task: int = F(2048, (int,), "probe tokens per task (equal for all tasks: balanced priors)")
     block_size: int = F(128, (int,), "probe block length in tokens")

@@ -13,7 +13,7 @@ import numpy as np
 from .core import SdlmsError, repo_root, sha256_bytes
 
 # %% auto #0
-__all__ = ['GENERATORS', 'SPLITS', 'item_split', 'generate_items', 'train_tokenizer', 'corpus_texts', 'TaskSpec',
+__all__ = ['GENERATORS', 'SPLITS', 'fact_table', 'item_split', 'generate_items', 'train_tokenizer', 'corpus_texts', 'TaskSpec',
            'default_manifest', 'load_manifest', 'hub_reachable', 'load_dataset_items', 'ProbeBlocks', 'task_items',
            'probe_blocks']
 
@@ -32,9 +32,14 @@ _FOODS = ["soup", "bread", "rice", "pasta", "salad", "fish", "cake", "apples"]
 _WEATHER = ["sunny", "rainy", "windy", "cloudy", "snowy", "warm"]
 
 def _arith(r: random.Random) -> str:
-    op = r.choice("+-*")
-    a, b = (r.randint(0, 12), r.randint(0, 12)) if op == "*" else (r.randint(0, 99), r.randint(0, 99))
-    return f"{a}{op}{b}={eval(f'{a}{op}{b}')}"
+    "Three equations: single-digit sums and products (a table to look up) and some two-digit sums."
+    out = []
+    for _ in range(3):
+        t = r.random()
+        if t < 0.45: a, b = r.randint(0, 9), r.randint(0, 9); out.append(f"{a}+{b}={a + b}")
+        elif t < 0.9: a, b = r.randint(1, 9), r.randint(1, 9); out.append(f"{a}*{b}={a * b}")
+        else: a, b = r.randint(10, 99), r.randint(10, 99); out.append(f"{a}+{b}={a + b}")
+    return ", ".join(out)
 
 def _code(r: random.Random) -> str:
     v, w = r.sample(["x", "y", "n", "i", "total", "count", "value", "item", "data", "acc"], 2)
@@ -82,8 +87,34 @@ def _dialogue(r: random.Random) -> str:
         return f"A: How is the weather?\nB: It is {w} today, so take a {r.choice(['coat', 'hat', 'umbrella', 'walk'])}."
     return f"A: What would you like to eat?\nB: I would like some {r.choice(_FOODS)}, please."
 
+_FIRST = ["Lena", "Omar", "Ivy", "Hugo", "Mila", "Otto", "Nina", "Axel", "Rosa", "Finn", "Vera", "Leon", "Zoe", "Igor",
+          "Lia", "Ben"]
+_LAST = ["Voss", "Hale", "Brandt", "Okafor", "Lund", "Costa", "Novak", "Reyes", "Stone", "Berg", "Moreau", "Quinn", "Sato",
+         "Weber", "Dorn", "Kerr"]
+_CITIES = ["Oslo", "Lima", "Cairo", "Rome", "Tokyo", "Paris", "Madrid", "Nairobi", "Quito", "Dublin", "Seoul", "Perth"]
+_JOBS = ["baker", "pilot", "nurse", "farmer", "lawyer", "painter", "doctor", "sailor", "teacher", "singer"]
+_COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
+
+def fact_table(n_entities: int = 64) -> list:
+    """The fixed synthetic knowledge base of the `facts` task: `(entity, city, job, color, age)` per entity. An entity
+    is a first + last name pair, so recalling its attributes needs both tokens (a key-value lookup, what MLPs store)."""
+    r = random.Random("sdlms-facts")
+    ents = r.sample([f"{a} {b}" for a in _FIRST for b in _LAST], n_entities)
+    return [(e, r.choice(_CITIES), r.choice(_JOBS), r.choice(_COLORS), r.randint(20, 79)) for e in ents]
+
+_FACTS = fact_table()
+
+def _facts(r: random.Random) -> str:
+    "Three facts about entities of the fixed table; training and probe items share the facts, never the item."
+    out = []
+    for _ in range(3):
+        e, city, job, color, age = r.choice(_FACTS)
+        out.append([f"{e} lives in {city}.", f"{e} works as a {job}.", f"{e} likes the color {color}.",
+                    f"{e} is {age} years old."][r.randrange(4)])
+    return " ".join(out)
+
 GENERATORS = {"arith": _arith, "code": _code, "prose": _prose, "ioi": _ioi,
-              "induction": _induction, "dialogue": _dialogue}
+              "induction": _induction, "dialogue": _dialogue, "facts": _facts}
 
 # %% ../nbs/01_data.ipynb #b74632ed
 SPLITS = ("train", "probe")
