@@ -12,8 +12,9 @@ import yaml
 from .core import SdlmsError, repo_root
 
 # %% auto #0
-__all__ = ['EMBEDS', 'SUMMARY_COLS', 'SPEC_COLS', 'run_notebooks', 'notebook_labels', 'sparsity_summary',
-           'specialization_summary', 'write_quarto_project', 'check_quarto_project', 'offline_html', 'build_report']
+__all__ = ['EMBEDS', 'SUMMARY_COLS', 'IMPORTANCE_COLS', 'IMPORTANCE_TEXT', 'SPEC_COLS', 'run_notebooks', 'notebook_labels',
+           'sparsity_summary', 'importance_summary', 'specialization_summary', 'write_quarto_project',
+           'check_quarto_project', 'offline_html', 'build_report']
 
 # %% ../nbs/09_report.ipynb #bfdccf7d
 EMBEDS = [("capture/*/10_capture.ipynb", "fig-capture"), ("sae/*/*/20_sae.ipynb", "fig-sae-curves"), ("scaling/90_scaling.ipynb", "fig-as-size"),
@@ -52,6 +53,23 @@ def sparsity_summary(run_dir):
     "The run's `sparsity.csv` reduced to the overview columns (None when the run has none)."
     return _csv_summary(run_dir, "sparsity.csv", SUMMARY_COLS, 4)
 
+IMPORTANCE_COLS = ["model", "layer", "mlp_zero_cost", "init_mlp_zero_cost", "mlp_mean_cost", "init_mlp_mean_cost", "importance_tokens"]
+
+def importance_summary(run_dir, min_cost: float | None = None):
+    """Site importance per model and layer from the run's `sparsity.csv` (None when the run has none), with `used`:
+    whether zeroing the site's MLP units costs at least `min_cost` nats (default: the run's `capture.min_mlp_cost`)."""
+    df = _csv_summary(run_dir, "sparsity.csv", IMPORTANCE_COLS, 3)
+    if df is None or "mlp_zero_cost" not in df: return None
+    if min_cost is None:
+        p = yaml.safe_load((Path(run_dir) / "params.yaml").read_text()) if (Path(run_dir) / "params.yaml").exists() else {}
+        min_cost = ((p or {}).get("capture") or {}).get("min_mlp_cost", 0.05)
+    df["used"] = (df.mlp_zero_cost >= min_cost).map({True: "yes", False: f"no (< {min_cost} nats)"})
+    return df
+
+IMPORTANCE_TEXT = ("Does the model use each MLP? Probe-loss increase (nats) when a site's MLP units are zeroed or set to "
+                   "their mean, one site at a time, trained vs random init. Read no metric of a site marked unused: it "
+                   "describes units the model does not rely on.")
+
 SPEC_COLS = ["model", "layer", "unit_kind", "n_live", "si_mean", "si_mean_lo", "si_mean_hi", "si_null_mean", "Q", "Q_null_mean", "z",
              "n_communities", "pair_method"]
 
@@ -72,6 +90,8 @@ def write_quarto_project(run_dir) -> dict:
     lines = ["---", f"title: \"Run {run_dir.name}\"", "---", "",
              f"Status: **{st.get('status', '?')}**; created {st.get('created', '?')}; "
              f"{st.get('seconds', '?')} s. Parameters: `params.yaml`; provenance: `meta.jsonl`.", ""]
+    im = importance_summary(run_dir)
+    if im is not None: lines += ["## Site importance", "", IMPORTANCE_TEXT, "", im.to_markdown(index=False), ""]
     df = sparsity_summary(run_dir)
     if df is not None: lines += ["## Sparsity", "", df.to_markdown(index=False), ""]
     sm = specialization_summary(run_dir)
@@ -146,6 +166,9 @@ def _nbconvert_site(run_dir, log=print) -> Path:
     st = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     df = sparsity_summary(run_dir)
     table = "" if df is None else df.to_html(index=False, border=0, classes="tbl")
+    im, sm = importance_summary(run_dir), specialization_summary(run_dir)
+    imp_html = "" if im is None else f"<h2>Site importance</h2><p>{html.escape(IMPORTANCE_TEXT)}</p>" + im.to_html(index=False, border=0, classes="tbl")
+    spec_html = "" if sm is None else "<h2>Specialization and modularity</h2>" + sm.to_html(index=False, border=0, classes="tbl")
     e = html.escape
     key = [f for f in figs if f[0].startswith(("scaling/", "sae_summary/"))] + [f for f in figs if f[0].endswith("sparsity_by_layer.html")]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sdlms: {e(run_dir.name)}</title>
@@ -156,7 +179,7 @@ iframe{{width:100%;height:480px;border:1px solid #eee}} .note{{background:#fff8e
 <p class="note">Rendered with nbconvert because Quarto is not installed; install Quarto and run <code>sdlms report {e(run_dir.name)}</code> for the Quarto site.</p>
 <p>Status: <b>{e(str(st.get('status', '?')))}</b>, created {e(str(st.get('created', '?')))}, {e(str(st.get('seconds', '?')))} s.
 Parameters in <code>params.yaml</code>, provenance in <code>meta.jsonl</code>.</p>
-<h2>Sparsity</h2>{table}
+{imp_html}<h2>Sparsity</h2>{table}{spec_html}
 <h2>Stage notebooks</h2><ul>{''.join(f'<li><a href="{e(str(h))}">{e(r)}</a> ({d:.1f} s)</li>' if d else f'<li><a href="{e(str(h))}">{e(r)}</a></li>' for r, h, d, x in rows)}</ul>
 <h2>Figures</h2>{''.join(f'<h3>{e(r)}</h3><iframe src="{e(str(h))}" loading="lazy"></iframe>' for r, h in key)}
 <details><summary>All figures</summary><ul>{''.join(f'<li><a href="{e(str(h))}">{e(r)}</a></li>' for r, h in figs)}</ul></details>
