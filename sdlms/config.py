@@ -44,7 +44,7 @@ class CaptureConfig:
 @dataclass
 class SuiteParams:
     "Offline micro-suite settings (see `sdlms.suite.SuiteConfig`)."
-    train_tokens: int = F(1_200_000, (int,), "training tokens per model")
+    train_tokens: int = F(1_600_000, (int,), "training tokens per model")
     seq_len: int = F(128, (int,), "training context length")
     batch_size: int = F(8, (int,), "training sequences per step")
     vocab_size: int = F(1024, (int,), "model vocabulary size")
