@@ -8,8 +8,8 @@ import math, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
 from concurrent.futures import ThreadPoolExecutor
+import numba
 import scipy.sparse as sp
 
 import numpy as np
@@ -18,11 +18,14 @@ import torch
 from .core import SdlmsError
 from .metrics import shuffled_tasks, specialization_index, task_rates
 
+_NUMBA_CACHE = "__file__" in globals()   # cache compiled kernels next to the module (not possible from a notebook)
+
+
 # %% auto #0
-__all__ = ['ACTIVE_DEFS', 'DENSE_S_PER_PAIR_TOKEN', 'SPARSE_S_PER_PAIR_OP', 'SI_CUTS', 'PAIR_BUDGET', 'unit_thresholds',
-           'ActivityStats', 'collect_activity', 'bootstrap_weights', 'si_analysis', 'ppmi_topk_dense',
-           'ppmi_topk_sparse', 'split_half_stability', 'topk_edges', 'edge_jaccard', 'louvain_modularity',
-           'shift_dense', 'shift_csr', 'nmi', 'pair_cost', 'coactivation_modularity', 'PlantedModules', 'cache_chunks',
+__all__ = ['ACTIVE_DEFS', 'DENSE_S_PER_PAIR_TOKEN', 'SPARSE_S_PER_PAIR_OP', 'SI_CUTS', 'NULLS', 'PAIR_BUDGET', 'unit_thresholds',
+           'ActivityStats', 'token_keys', 'collect_activity', 'bootstrap_weights', 'si_analysis', 'ppmi_topk_dense',
+           'ppmi_topk_sparse', 'split_half_stability', 'topk_edges', 'louvain_modularity', 'null_activity', 'nmi',
+           'pair_cost', 'null_z', 'q_verdict', 'coactivation_modularity', 'PlantedModules', 'cache_chunks',
            'check_task_tokens', 'community_enrichment', 'community_sets', 'pair_tokens_for', 'analyse_units',
            'community_drawing', 'top_si_sets', 'ablation_fn', 'ablation_matrix']
 
@@ -38,9 +41,15 @@ def unit_thresholds(sample_NU, active: str = "gt0", q: float = 0.1) -> np.ndarra
     return np.quantile(x, 1 - q, axis=0).astype(np.float32)
 
 # %% ../nbs/13_specialization.ipynb #7d44cec4
-# Rough cost constants measured on a 2-core machine (float32 GEMM, scipy SpGEMM); they only pick the cheaper path.
+# Rough cost constants measured on a 2-core machine (float32 GEMM, the compiled sparse pair counter); they only pick
+# the cheaper pair-count path (see `pair_cost`).
 DENSE_S_PER_PAIR_TOKEN = 1.5e-11  # seconds per (token x unit pair), upper-triangle blocked GEMM
-SPARSE_S_PER_PAIR_OP = 1.5e-8  # seconds per co-active pair occurrence, upper-triangle SpGEMM
+SPARSE_S_PER_PAIR_OP = 1.5e-9  # seconds per co-active (ordered) pair occurrence, compiled counter on 2 threads
+
+def _spec_default(name):
+    """Default of a `SpecParams` field (the one home of settings that change results)."""
+    from sdlms.config import SpecParams
+    return getattr(SpecParams(), name)
 
 def _unique(x):
     """Sorted unique values (sort based; numpy's hash-based np.unique is slow for large int64)."""
@@ -53,17 +62,6 @@ def _add_times(timings, **kw):
         for key, v in kw.items():
             timings[key] = timings.get(key, 0.0) + v
 
-def _prefetch(fn, items, workers=2):
-    """Yield fn(item) in order, computing up to `workers` items ahead in threads (GIL-free kernels)."""
-    with ThreadPoolExecutor(workers) as ex:
-        futs = [ex.submit(fn, it) for it in items[:workers]]
-        for i in range(len(items)):
-            res = futs[i].result()
-            futs[i] = None
-            if i + workers < len(items):
-                futs.append(ex.submit(fn, items[i + workers]))
-            yield res
-
 @dataclass
 class ActivityStats:
     """Per-block active counts plus token samples for pair statistics (output of collect_activity)."""
@@ -72,14 +70,17 @@ class ActivityStats:
     ntok_B: np.ndarray  # tokens per block
     task_B: np.ndarray  # task id per block
     block_id_B: np.ndarray  # original block id per block row
-    sample_bits_PW: np.ndarray  # reservoir of pair_tokens tokens, packed bits (P, ceil(U / 8))
-    sample_block_P: np.ndarray  # block row of every reservoir token
+    sample_bits_PW: np.ndarray  # seeded sample of pair_tokens tokens, packed bits (P, ceil(U / 8))
+    sample_block_P: np.ndarray  # block row of every sampled token
     n_units: int
     n_tokens: int
     n_active: int  # total active (token, unit) entries
-    sum_nnz2: float  # sum over tokens of (active units)^2 while the sparse copy was kept
+    sum_nnz2: float  # sum over tokens of (active units)^2
     csr_NU: sp.csr_array | None  # all tokens, binary int32, if sparse enough (else None)
     tokblock_N: np.ndarray | None  # block row of every token in csr_NU
+
+    # Canonical order, whatever the order of the chunks: block rows by block id; sampled and CSR tokens by
+    # (task, block id, position in block). Results therefore do not depend on the order of text blocks.
 
     @property
     def density(self):
@@ -87,7 +88,7 @@ class ActivityStats:
         return self.n_active / max(1, self.n_tokens * self.n_units)
 
     def sample_PU(self):
-        """Unpacked reservoir sample as a bool array (P, U)."""
+        """Unpacked token sample as a bool array (P, U)."""
         return np.unpackbits(self.sample_bits_PW, axis=1, count=self.n_units).view(bool)
 
 def _active(acts, thresh_U):
@@ -137,8 +138,8 @@ class _BlockTable:
         self.counts = np.zeros((64, n_units), np.int32)
 
     def add(self, block_S, task_S, cnt_SU, ntok_S):
-        """Add segment counts; returns the block row of each segment."""
-        rows = np.empty(len(block_S), np.int64)
+        """Add segment counts; returns the block row of each segment and its tokens' offset within the block."""
+        rows, offs = np.empty(len(block_S), np.int64), np.empty(len(block_S), np.int64)
         for i, (b, t) in enumerate(zip(block_S.tolist(), task_S.tolist())):
             if b not in self.row:
                 self.row[b] = len(self.ntok)
@@ -147,55 +148,84 @@ class _BlockTable:
             elif self.task[self.row[b]] != t:
                 raise ValueError(f"block {b} carries different task ids")
             rows[i] = self.row[b]
+            offs[i] = self.ntok[rows[i]]
             self.ntok[rows[i]] += int(ntok_S[i])
         if len(self.ntok) > len(self.counts):
             grow = np.zeros((max(len(self.ntok), 2 * len(self.counts)) - len(self.counts), self.counts.shape[1]), np.int32)
             self.counts = np.concatenate([self.counts, grow])
         self.counts[rows] += cnt_SU
-        return rows
+        return rows, offs
 
-class _Reservoir:
-    """Uniform seeded sample of `size` tokens (Algorithm R, vectorised), stored as packed bits."""
+def _splitmix64(x):
+    """splitmix64 finaliser of uint64 values (a well-mixed, seedable hash)."""
+    x = np.asarray(x, np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+def token_keys(seed: int, block_N, pos_N) -> np.ndarray:
+    "Seeded pseudo-random uint64 key of each token from its (text block id, position in block): independent of token order."
+    salt = _splitmix64(np.uint64(int(seed) % 2**64))
+    return _splitmix64((np.asarray(block_N, np.uint64) << np.uint64(24)) ^ np.asarray(pos_N, np.uint64) ^ salt)
+
+class _Sample:
+    """Seeded uniform sample of `size` tokens: those with the smallest `token_keys` (bottom-k sampling), so the
+    same tokens are chosen whatever the order of the chunks; stored as packed bits."""
 
     def __init__(self, size, n_units, seed):
-        self.rng, self.size, self.seen = np.random.default_rng(seed), size, 0
-        self.bits = np.zeros((size, (n_units + 7) // 8), np.uint8)
-        self.block = np.zeros(size, np.int64)
+        self.size, self.seed = size, seed
+        self.key = np.empty(0, np.uint64)
+        self.bits = np.zeros((0, (n_units + 7) // 8), np.uint8)
+        self.block, self.pos = np.empty(0, np.int64), np.empty(0, np.int64)
 
-    def add(self, act, brow_N):
-        """Offer a chunk of tokens (dense bool or CSR) with their block rows."""
-        t_N = self.seen + np.arange(act.shape[0])
-        slot = np.where(t_N < self.size, t_N, self.rng.integers(0, t_N + 1))  # token t -> slot ~ U{0..t}
-        tok = np.flatnonzero(slot < self.size)
-        if len(tok):
-            _, last = np.unique(slot[tok][::-1], return_index=True)  # the last writer of a slot wins
-            tok = tok[::-1][last]
-            self.bits[slot[tok]] = _packbits_rows(act, tok)
-            self.block[slot[tok]] = brow_N[tok]
-        self.seen += act.shape[0]
+    def add(self, act, block_N, pos_N):
+        """Offer a chunk of tokens (dense bool or CSR) with their block ids and positions in the block."""
+        key = token_keys(self.seed, block_N, pos_N)
+        cand = np.flatnonzero(key < self.key.max()) if len(self.key) == self.size else np.arange(len(key))
+        if len(cand) > self.size:
+            cand = cand[np.argpartition(key[cand], self.size - 1)[:self.size]]
+        if not len(cand):
+            return
+        keys = np.r_[self.key, key[cand]]
+        keep = np.argpartition(keys, self.size - 1)[:self.size] if len(keys) > self.size else np.arange(len(keys))
+        self.bits = np.concatenate([self.bits, _packbits_rows(act, cand)])[keep]
+        self.block = np.r_[self.block, block_N[cand]][keep]
+        self.pos = np.r_[self.pos, pos_N[cand]][keep]
+        self.key = keys[keep]
 
-def collect_activity(chunks, thresh_U=None, pair_tokens=2048, sparse_density=0.02,
+def _canonical(task_N, block_N, pos_N):
+    """Token order by (task, block id, position in block); None when already in that order."""
+    o = np.lexsort((pos_N, block_N, task_N))
+    return None if (o[1:] > o[:-1]).all() else o
+
+def collect_activity(chunks, thresh_U=None, pair_tokens=2048, sparse_density=None,
                      max_sparse_nnz=300_000_000, seed=0):
-    """One streaming pass: per-block active counts, a token reservoir and (if sparse) all-token CSR.
+    """One streaming pass: per-block active counts, a seeded token sample and (if sparse) all-token CSR.
 
     chunks: iterable of (acts_NU, task_N, block_N); acts is a numpy/torch array (float or bool) or a
-        scipy sparse matrix; every token of a block must carry the same task id.
+        scipy sparse matrix; every token of a block must carry the same task id, and a block's tokens
+        come in their text order (a block may span chunks; blocks may come in any order).
     thresh_U: per-unit threshold ('active' = acts > thresh_U); None means acts > 0.
-    pair_tokens: size of the seeded uniform token reservoir used by the dense pair path (its GEMM
-        costs ~pair_tokens * U^2 / 2 multiply-adds per pass).
-    sparse_density: keep an all-token CSR copy (sparse path) only while chunks stay below this density.
+    pair_tokens: size of the seeded uniform token sample used by the dense pair path (its GEMM
+        costs ~pair_tokens * U^2 / 2 multiply-adds per pass); the sample is the pair_tokens tokens
+        with the smallest `token_keys`, so it does not depend on the order of the chunks.
+    sparse_density: keep an all-token CSR copy (sparse path) only while chunks stay below this
+        density (default: `SpecParams.sparse_density`).
     max_sparse_nnz: drop the CSR copy once it would exceed this many active entries (memory cap).
     """
+    sparse_density = _spec_default("sparse_density") if sparse_density is None else sparse_density
     table = res = None
     n_tok = n_act = 0
-    keep_csr, csr_idx, csr_len, csr_blk, sum_nnz2 = True, [], [], [], 0.0
+    keep_csr, csr_idx, csr_len, csr_blk, csr_pos, sum_nnz2 = True, [], [], [], [], 0.0
     thr = None if thresh_U is None else np.asarray(thresh_U, np.float32)
     for acts, task_N, block_N in chunks:
         act = _active(acts, thr)
         n, U = act.shape
         task_N, block_N = np.asarray(task_N), np.asarray(block_N)
         if table is None:
-            table, res = _BlockTable(U), _Reservoir(pair_tokens, U, seed)
+            table, res = _BlockTable(U), _Sample(pair_tokens, U, seed)
         if np.any(block_N[1:] < block_N[:-1]):  # group the tokens of each block together
             order = np.argsort(block_N, kind="stable")
             act, task_N, block_N = act[order], task_N[order], block_N[order]
@@ -204,36 +234,53 @@ def collect_activity(chunks, thresh_U=None, pair_tokens=2048, sparse_density=0.0
         if np.any(task_N != task_N[starts][seg_N]):
             raise ValueError("tokens of one block carry different task ids")
         if sp.issparse(act):
-            r = np.repeat(seg_N, np.diff(act.indptr))
+            nnz_N = np.diff(act.indptr)
+            r = np.repeat(seg_N, nnz_N)
             cnt = np.bincount(r * U + act.indices, minlength=len(starts) * U).reshape(len(starts), U)
         else:
+            nnz_N = np.count_nonzero(act, axis=1)
             cnt = _segment_sums_bool(act, starts)
-        brow_N = table.add(block_N[starts], task_N[starts], cnt, np.diff(np.r_[starts, n]))[seg_N]
-        res.add(act, brow_N)
+        brow_S, off_S = table.add(block_N[starts], task_N[starts], cnt, np.diff(np.r_[starts, n]))
+        brow_N, pos_N = brow_S[seg_N], off_S[seg_N] + np.arange(n) - starts[seg_N]
+        res.add(act, block_N, pos_N)
         n_chunk = int(cnt.sum())
+        sum_nnz2 += float((nnz_N.astype(np.float64) ** 2).sum())
         if keep_csr and (n_chunk > sparse_density * n * U or n_act + n_chunk > max_sparse_nnz):
-            keep_csr, csr_idx, csr_len, csr_blk = False, [], [], []
+            keep_csr, csr_idx, csr_len, csr_blk, csr_pos = False, [], [], [], []
         if keep_csr:
             act = act if sp.issparse(act) else sp.csr_array(act)
-            nnz_N = np.diff(act.indptr)
             csr_idx.append(act.indices.astype(np.int32, copy=False))
             csr_len.append(nnz_N)
             csr_blk.append(brow_N)
-            sum_nnz2 += float((nnz_N.astype(np.float64) ** 2).sum())
+            csr_pos.append(pos_N)
         n_tok += n
         n_act += n_chunk
     if table is None:
         raise ValueError("no chunks")
+    nb = len(table.ntok)
+    block_id_B, task_B = np.fromiter(table.row, np.int64, nb), np.asarray(table.task)
+    counts_BU, ntok_B = table.counts[:nb], np.asarray(table.ntok, np.int64)
+    new_row = np.arange(nb)
+    if np.any(block_id_B[1:] < block_id_B[:-1]):  # block rows in block-id order
+        ob = np.argsort(block_id_B, kind="stable")
+        new_row[ob] = np.arange(nb)
+        block_id_B, task_B, counts_BU, ntok_B = block_id_B[ob], task_B[ob], counts_BU[ob], ntok_B[ob]
     csr_NU = tokblock = None
     if keep_csr:
         indptr = np.r_[0, np.cumsum(np.concatenate(csr_len))].astype(np.int64)
         idx = np.concatenate(csr_idx)
         csr_NU = sp.csr_array((np.ones(len(idx), np.int32), idx, indptr), shape=(n_tok, U))
-        tokblock = np.concatenate(csr_blk)
-    nb, P = len(table.ntok), min(n_tok, pair_tokens)
-    return ActivityStats(table.counts[:nb], np.asarray(table.ntok, np.int64), np.asarray(table.task),
-                         np.fromiter(table.row, np.int64, nb), res.bits[:P], res.block[:P], U, n_tok, n_act,
-                         sum_nnz2 if keep_csr else float("nan"), csr_NU, tokblock)
+        tokblock, pos = new_row[np.concatenate(csr_blk)], np.concatenate(csr_pos)
+        o = _canonical(task_B[tokblock], block_id_B[tokblock], pos)
+        if o is not None:
+            csr_NU, tokblock = csr_NU[o], tokblock[o]
+    row_of = dict(zip(block_id_B.tolist(), range(nb)))
+    sblock = np.fromiter((row_of[b] for b in res.block.tolist()), np.int64, len(res.block))
+    o = _canonical(task_B[sblock], res.block, res.pos)
+    bits = res.bits if o is None else res.bits[o]
+    sblock = sblock if o is None else sblock[o]
+    return ActivityStats(counts_BU, ntok_B, task_B, block_id_B, bits, sblock, U, n_tok, n_act, sum_nnz2, csr_NU, tokblock)
+
 
 # %% ../nbs/13_specialization.ipynb #7aee1f0d
 def bootstrap_weights(task_B, n_boot: int, seed) -> np.ndarray:
@@ -394,44 +441,73 @@ def ppmi_topk_dense(a_PU, k, min_count=2, block_elems=1 << 24, timings=None):
     _add_times(timings, pairs=t_pair, topk=t_topk)
     return tk.result()
 
-def _sparse_block(tk, C, b0, b1, k, min_count):
-    """Score a sparse upper-triangle block C[b0:b1, b0:] (CSR) and merge row/column top-k into tk.
+@numba.njit(nogil=True, cache=_NUMBA_CACHE)
+def _csr_topk_kernel(at_ptr, at_idx, a_ptr, a_idx, inv_U, n, k, min_count, lo, hi, out_L, out_i):
+    """Exact per-unit top-k of L_ij = C_ij inv_i inv_j for units lo..hi-1 (C: co-activation counts, kept when
+    C_ij >= min_count and L_ij n > 1, i.e. PMI > 0); rows of out_L / out_i sorted by L, ties to the smaller j."""
+    U = inv_U.shape[0]
+    acc = np.zeros(U, np.int32)
+    seen = np.empty(U + 1, np.int32)
+    mc = max(min_count, 1)
+    for i in range(lo, hi):
+        ns = 0
+        for p in range(at_ptr[i], at_ptr[i + 1]):      # counts of i with every unit over i's active tokens
+            t = at_idx[p]
+            for q in range(a_ptr[t], a_ptr[t + 1]):
+                j = a_idx[q]
+                seen[ns] = j                          # branch-free list of distinct partners
+                ns += acc[j] == 0
+                acc[j] += 1
+        acc[i] = 0
+        m = 0
+        for s in range(ns):
+            j = seen[s]
+            c = acc[j]
+            acc[j] = 0
+            if c < mc:
+                continue
+            L = c * inv_U[i] * inv_U[j]
+            if L * n <= 1.0:
+                continue
+            if m == k:                                 # full: must beat the k-th
+                if L < out_L[i, k - 1] or (L == out_L[i, k - 1] and j > out_i[i, k - 1]):
+                    continue
+                pos = k - 1
+            else:
+                pos = m
+                m += 1
+            while pos > 0 and (out_L[i, pos - 1] < L or (out_L[i, pos - 1] == L and out_i[i, pos - 1] > j)):
+                out_L[i, pos] = out_L[i, pos - 1]
+                out_i[i, pos] = out_i[i, pos - 1]
+                pos -= 1
+            out_L[i, pos] = L
+            out_i[i, pos] = j
 
-    Entries not above a unit's current k-th best score are dropped before merging (exact pruning).
+def ppmi_topk_sparse(a_NU, k, min_count=2, workers=2, timings=None, at_UN=None):
+    """Per-unit top-k positive-PMI partners from a binary CSR token matrix (n, U), counting pairs on all its tokens.
+
+    A compiled counter (numba) walks, for each unit, its active tokens and their active units (cost ~ sum over
+    tokens of active units^2), keeping an exact running top-k; `workers` threads share the units. Ties go to the
+    smaller unit index, so the result does not depend on the order of tokens. at_UN: the transpose as CSR, if
+    at hand. Returns (idx_UK, pmi_UK) like ppmi_topk_dense.
     """
-    pos = np.flatnonzero(C.data >= max(1, min_count))  # most SAE pairs co-occur once: drop them first
-    rows = np.searchsorted(C.indptr, pos, side="right") - 1 + b0
-    cols = C.indices[pos] + b0
-    L = (C.data[pos] * tk.inv[rows] * tk.inv[cols]).astype(np.float32)
-    ok = (L * tk.n > 1.0) & (cols != rows)  # positive PMI, no self pairs
-    rows, cols, L = rows[ok], cols[ok], L[ok]
-    tau = tk.L[:, -1].copy()
-    m = L > tau[rows]
-    tk.merge(rows[m], cols[m], L[m])
-    m = (cols >= b1) & (L > tau[cols])
-    tk.merge(cols[m], rows[m], L[m])
-
-def ppmi_topk_sparse(a_NU, k, min_count=2, max_block_ops=10_000_000, workers=2, timings=None):
-    """Per-unit top-k positive-PMI partners from a binary CSR token matrix (n, U) via blocked SpGEMM.
-
-    Row blocks are sized so each block's work (co-active pair occurrences) stays below
-    max_block_ops; `workers` threads run scipy's SpGEMM (which releases the GIL) ahead of the
-    top-k merging.  Returns (idx_UK, pmi_UK) like ppmi_topk_dense.
-    """
-    U = a_NU.shape[1]
-    at = a_NU.T.tocsr()
-    tk = _TopK(np.diff(at.indptr), a_NU.shape[0], k)
-    work_U = at @ np.diff(a_NU.indptr).astype(np.float64) / 2 + 1  # rough upper-triangle work per unit
-    cuts = np.searchsorted(np.cumsum(work_U), np.arange(1, int(work_U.sum() // max_block_ops) + 2) * max_block_ops)
-    bounds = np.unique(np.r_[0, np.minimum(cuts + 1, U), U])
-    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    t_all, t_topk = time.perf_counter(), 0.0
-    for (b0, b1), C in zip(spans, _prefetch(lambda s: at[s[0]:s[1]] @ a_NU[:, s[0]:], spans, workers)):
-        t = time.perf_counter()
-        _sparse_block(tk, C, b0, b1, k, min_count)
-        t_topk += time.perf_counter() - t
-    _add_times(timings, pairs=time.perf_counter() - t_all - t_topk, topk=t_topk)  # pairs: SpGEMM not hidden by top-k
-    return tk.result()
+    t = time.perf_counter()
+    n, U = a_NU.shape
+    a = sp.csr_array(a_NU)
+    at = sp.csr_array(a.T).tocsr() if at_UN is None else at_UN
+    c_U = np.diff(at.indptr)
+    inv = np.where(c_U > 0, 1.0 / np.maximum(c_U, 1), 0.0)
+    out_L, out_i = np.zeros((U, k)), np.full((U, k), -1, np.int64)
+    work = np.cumsum(at @ np.diff(a.indptr).astype(np.float64) + 1)
+    cuts = np.unique(np.r_[0, np.searchsorted(work, work[-1] * np.arange(1, 8 * workers) / (8 * workers)), U])
+    args = (at.indptr.astype(np.int64), at.indices.astype(np.int32), a.indptr.astype(np.int64),
+            a.indices.astype(np.int32), inv, float(n), int(k), int(min_count))
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        list(ex.map(lambda b: _csr_topk_kernel(*args, b[0], b[1], out_L, out_i), zip(cuts[:-1].tolist(), cuts[1:].tolist())))
+    ok = out_i >= 0
+    pmi = np.where(ok, np.log(np.maximum(out_L, 1e-300) * n), -np.inf).astype(np.float32)
+    _add_times(timings, pairs=time.perf_counter() - t)
+    return out_i, pmi
 
 def _rows_counts(part, rows_S):
     """Co-activation counts of units rows_S with all units: dense (S, U) array or CSR."""
@@ -507,47 +583,93 @@ def topk_edges(idx_UK, pmi_UK):
     first = np.r_[True, key[1:] != key[:-1]]
     return key[first] // U, key[first] % U, w[first].astype(np.float64)
 
-def edge_jaccard(edges_a, edges_b, n_units):
-    """Jaccard overlap of two undirected edge sets given as (i_E, j_E, ...) with i < j."""
-    ka = edges_a[0].astype(np.int64) * n_units + edges_a[1]
-    kb = edges_b[0].astype(np.int64) * n_units + edges_b[1]
-    inter = len(np.intersect1d(ka, kb, assume_unique=True))
-    return inter / max(1, len(ka) + len(kb) - inter)
-
 def louvain_modularity(edges, n_units, seed=0, resolution=1.0, timings=None):
-    """Louvain communities (networkx) on the PPMI graph; returns (labels_U, Q), labels by size."""
+    """Louvain communities (igraph's compiled multilevel algorithm, seeded) on the PPMI graph and their weighted
+    modularity Q; returns (labels_U, Q), communities numbered by size (largest first); Q is nan without edges."""
+    import igraph as ig, random
     t = time.perf_counter()
-    G = nx.Graph()
-    G.add_nodes_from(range(n_units))
-    G.add_weighted_edges_from(zip(edges[0].tolist(), edges[1].tolist(), edges[2].tolist()))
+    g = ig.Graph(n=n_units, edges=np.column_stack(edges[:2]).astype(np.int64) if len(edges[0]) else [],
+                 edge_attrs={"weight": np.asarray(edges[2], np.float64).tolist()})
     t1 = time.perf_counter()
-    comms = nx.community.louvain_communities(G, weight="weight", resolution=resolution, seed=seed)
+    ig.set_random_number_generator(random.Random(seed))   # igraph draws the order in which nodes are visited
+    try:
+        memb = np.asarray(g.community_multilevel(weights="weight", resolution=resolution).membership)
+    finally:
+        ig.set_random_number_generator(random)
     t2 = time.perf_counter()
-    Q = nx.community.modularity(G, comms, weight="weight", resolution=resolution) if G.number_of_edges() else float("nan")
+    Q = g.modularity(memb.tolist(), weights="weight", resolution=resolution) if g.ecount() else float("nan")
     t3 = time.perf_counter()
-    labels = np.empty(n_units, np.int64)
-    for c, members in enumerate(sorted(comms, key=len, reverse=True)):
-        labels[list(members)] = c
+    sizes = np.bincount(memb)
+    rank = np.empty(len(sizes), np.int64)
+    rank[np.argsort(-sizes, kind="stable")] = np.arange(len(sizes))
     _add_times(timings, graph=t1 - t, louvain=t2 - t1, modularity=t3 - t2)
-    return labels, float(Q)
+    return rank[memb], float(Q)
 
-def shift_dense(a_PU, rng):
-    """Null activity: circularly shift every unit's column by its own random offset (keeps rates)."""
-    P, U = a_PU.shape
-    s_U = rng.integers(0, P, U).tolist()
-    a_UP = np.ascontiguousarray(a_PU.T)
-    out = np.empty_like(a_UP)
-    for u, s in enumerate(s_U):  # two contiguous slice copies per unit beat a fancy-index gather
-        out[u, : P - s], out[u, P - s:] = a_UP[u, s:], a_UP[u, :s]
-    return np.ascontiguousarray(out.T)
+@numba.njit(nogil=True, cache=_NUMBA_CACHE)
+def _null_rows_kernel(at_ptr, row_E, grp_N, off_G, n_G, seed):
+    """New rows for active entries (unit-major, rows sorted within each unit, groups contiguous in row order): each
+    unit's entries in a group move to distinct rows drawn uniformly from the group (rejection against a row mask;
+    when a unit fills over half its group, the left-out rows are drawn instead)."""
+    np.random.seed(seed)
+    out = np.empty(len(row_E), np.int64)
+    mark = np.zeros(len(grp_N), np.uint8)
+    tmp = np.empty(len(grp_N), np.int64)
+    for u in range(len(at_ptr) - 1):
+        p, e = at_ptr[u], at_ptr[u + 1]
+        while p < e:
+            g = grp_N[row_E[p]]
+            q = p
+            while q < e and grp_N[row_E[q]] == g:
+                q += 1
+            c, lo, n = q - p, off_G[g], n_G[g]
+            k = c if 2 * c <= n else n - c          # rows to draw: the active ones, or the left-out ones
+            for x in range(k):
+                r = lo + np.random.randint(0, n)
+                while mark[r]:
+                    r = lo + np.random.randint(0, n)
+                mark[r] = 1
+                tmp[x] = r
+            if k == c:
+                for x in range(c):
+                    out[p + x] = tmp[x]
+                    mark[tmp[x]] = 0
+            else:
+                x = p
+                for r in range(lo, lo + n):
+                    if mark[r]:
+                        mark[r] = 0
+                    else:
+                        out[x] = r
+                        x += 1
+            p = q
+    return out
 
-def shift_csr(a_NU, rng):
-    """Null activity for a CSR matrix: per-unit random circular shift along tokens (keeps rates)."""
-    n, U = a_NU.shape
-    s_U = rng.integers(0, n, U)
-    rows = np.repeat(np.arange(n), np.diff(a_NU.indptr))
-    rows = (rows + s_U[a_NU.indices]) % n
-    return sp.csr_array((a_NU.data, (rows, a_NU.indices)), shape=(n, U))
+def null_activity(data, group_N, rng):
+    """Null activity with no co-activation structure beyond `group_N` (a group id per row, e.g. the task; all zeros:
+    none): each unit keeps its number of active tokens in every group, on rows drawn uniformly without replacement
+    within the group (= an independent permutation of each unit's column within each group).
+    data: dense bool (n, U) -> dense bool; binary CSR -> (CSR, its transpose as CSR)."""
+    n, U = data.shape
+    g_N = np.asarray(group_N, np.int64)
+    o = None if (np.diff(g_N) >= 0).all() else np.argsort(g_N, kind="stable")   # make groups contiguous
+    if o is not None:
+        inv = np.empty_like(o)
+        inv[o] = np.arange(n)
+        x = null_activity(data[o], g_N[o], rng)
+        return (x[0][inv], x[1][:, inv].tocsr()) if isinstance(x, tuple) else x[inv]
+    n_G = np.bincount(g_N, minlength=1)
+    off_G = np.cumsum(n_G) - n_G
+    seed = int(rng.integers(2**31))
+    if sp.issparse(data):
+        at = sp.csr_array(data).T.tocsr()
+        rows = _null_rows_kernel(at.indptr.astype(np.int64), at.indices.astype(np.int64), g_N, off_G, n_G, seed)
+        new_at = sp.csr_array((np.ones(len(rows), np.int32), rows.astype(np.int32), at.indptr), shape=(U, n))
+        return new_at.T.tocsr(), new_at
+    unit_E, row_E = np.nonzero(np.asarray(data).T)
+    ptr = np.r_[0, np.cumsum(np.bincount(unit_E, minlength=U))].astype(np.int64)
+    out = np.zeros((n, U), bool)
+    out[_null_rows_kernel(ptr, row_E.astype(np.int64), g_N, off_G, n_G, seed), unit_E] = True
+    return out
 
 def nmi(labels_a, labels_b):
     """Normalized mutual information of two labelings (arithmetic-mean normalisation, as sklearn)."""
@@ -563,38 +685,71 @@ def nmi(labels_a, labels_b):
     return 1.0 if ha + hb == 0 else float(2 * mi / (ha + hb))
 
 def pair_cost(stats):
-    """Estimated seconds per pair-count pass: dense GEMM on the reservoir vs SpGEMM on all tokens."""
+    """Estimated seconds per pair-count pass: dense GEMM on the token sample vs the sparse counter on the tokens it
+    would use (all tokens when the CSR copy was kept, else the sample); per token, and for one pass."""
     dense_tok = DENSE_S_PER_PAIR_TOKEN * stats.n_units ** 2 / 2
-    sparse_tok = SPARSE_S_PER_PAIR_OP * stats.sum_nnz2 / max(1, stats.n_tokens) / 2
-    if stats.csr_NU is None:
-        sparse_tok = float("inf")
-    return {"dense_s": dense_tok * stats.sample_bits_PW.shape[0], "sparse_s": sparse_tok * stats.n_tokens,
+    sparse_tok = SPARSE_S_PER_PAIR_OP * stats.sum_nnz2 / max(1, stats.n_tokens)
+    n_sparse = stats.n_tokens if stats.csr_NU is not None else stats.sample_bits_PW.shape[0]
+    return {"dense_s": dense_tok * stats.sample_bits_PW.shape[0], "sparse_s": sparse_tok * n_sparse,
             "dense_s_per_token": dense_tok, "sparse_s_per_token": sparse_tok}
 
-def coactivation_modularity(stats, k_edges=5, min_count=2, n_null=2, method="auto", stability=True,
-                            stability_units=1024, resolution=1.0, seed=0):
-    """Louvain modularity of the top-k PPMI co-activation graph vs a per-unit circular-shift null.
+NULLS = {"a": "each unit's activity permuted across all pair tokens: keeps every unit's rate, no co-activation structure",
+         "b": "each unit's activity permuted within each task: keeps every unit's per-task rates, no structure beyond task preference"}
+
+def null_z(Q: float, q_null) -> float:
+    """Score of Q against the Q values of n null repeats, calibrated for small n: the predictive t statistic
+    (Q - mean) / (sd sqrt(1 + 1/n)) with n - 1 degrees of freedom, returned as the standard-normal quantile of the same
+    tail probability. Under the null it is standard normal for any n (the plain (Q - mean) / sd, t-distributed with 2
+    degrees of freedom at n = 3, exceeds 2 in about 1 case in 5); with few repeats it grows slowly with the effect
+    (n = 3: z 3 needs Q about 22 null sds above the null mean, z 4 about 160). nan with fewer than 2 repeats."""
+    from scipy import stats as ss
+    q = np.asarray(q_null, np.float64)
+    if len(q) < 2 or not np.isfinite(Q): return float("nan")
+    d, sd = Q - q.mean(), q.std(ddof=1)
+    if sd == 0: return 0.0 if d == 0 else math.copysign(math.inf, d)
+    t = d / (sd * math.sqrt(1 + 1 / len(q)))
+    return float(ss.norm.isf(ss.t.sf(t, len(q) - 1)) if t > 0 else ss.norm.ppf(ss.t.cdf(t, len(q) - 1)))
+
+def q_verdict(z_a: float, z_b: float, z_cut: float = 3.0) -> str:
+    "One-phrase reading of Q against null (a) (independent units) and null (b) (independent units given the task)."
+    if not np.isfinite(z_a): return "no null"
+    if z_a < z_cut: return "not above independent units"
+    if not np.isfinite(z_b): return "above independent units"
+    return "explained by task preference" if z_b < z_cut else "modular beyond task preference"
+
+def coactivation_modularity(stats, k_edges=5, min_count=2, n_null=3, method="auto", stability=True,
+                            stability_units=1024, resolution=1.0, seed=0, nulls=("a", "b"), z_cut=3.0, workers=2):
+    """Louvain modularity Q of the top-k PPMI co-activation graph against two activity nulls.
 
     stats: ActivityStats from collect_activity.
     k_edges: positive-PMI partners kept per unit before symmetrising (union); Louvain time grows
         roughly linearly with it.
     min_count: minimum co-activation count for a pair to be an edge candidate.
-    n_null: shuffled-activity repeats for Q_null (mean/std) and z = (Q - mean) / std.
+    n_null: repeats of each null: Q_null_<x>_mean / _sd over them and z_<x> (null_z: (Q - mean) / sd,
+        calibrated for the number of repeats).
+    nulls: which nulls to run ('a', 'b'; see NULLS). Each null redraws the activity (every unit keeps
+        its active-token count overall (a) or per task (b), on rows drawn uniformly without replacement)
+        and runs the identical pipeline on it: same tokens, k_edges, min_count, PPMI and Louvain. A
+        top-k graph of pure noise is itself modular (Q ~ 0.25-0.35 here), so only Q against a null
+        built the same way says anything. Neither null looks at token order.
+    z_cut: z above which a null counts as rejected (for `verdict`, see q_verdict).
     resolution: Louvain/modularity resolution (> 1 splits more; modularity's resolution limit merges
         many small modules: 1024 planted modules of 56 units give 443 communities, NMI 0.93 at 1.0
         and 931 communities, NMI 0.99 at 4.0).
-    method: 'dense' (GEMM on the pair_tokens reservoir), 'sparse' (SpGEMM on all tokens if the CSR
-        copy was kept, else on the reservoir) or 'auto': sparse when the CSR copy exists and its
-        estimated cost per token is lower (density below ~3%; see pair_cost), i.e. when the sparse
-        path processes more tokens per second.
+    method: 'dense' (GEMM on the pair_tokens sample), 'sparse' (compiled counter on all tokens if the
+        CSR copy was kept, else on the sample) or 'auto': the path with the lower estimated cost per
+        token (see pair_cost), i.e. the one that processes more tokens per second.
     stability: split the pair tokens into two halves by text block and, for stability_units random
         units, compare their top-k partners per half: edge_jaccard_halves (overlap of the two edge
         sets) and edge_replication (fraction of one half's edges with positive PMI in the other;
         ~0.5 for noise edges, ~1 for reproducible ones).  With large homogeneous modules the
         Jaccard is low even for perfectly recovered structure (top-k among near-equal partners).
-    Returns a dict (labels_U, Q, Q_null, z, community sizes, stability, method, timings, ...).
+    workers: threads of the sparse counter.
+    Returns a dict (labels_U, Q, Q_null_a/_b with mean, sd and z, verdict, community sizes, stability,
+    method, timings, ...).
     """
-    rng = np.random.default_rng(seed)
+    bad = set(nulls) - set(NULLS)
+    if bad: raise SdlmsError(f"unknown modularity nulls {sorted(bad)}; choose from {list(NULLS)}")
     U = stats.n_units
     cost = pair_cost(stats)
     if method == "auto":
@@ -602,43 +757,54 @@ def coactivation_modularity(stats, k_edges=5, min_count=2, n_null=2, method="aut
     timings = {}
     if method == "sparse" and stats.csr_NU is not None:
         data, block_N = stats.csr_NU, stats.tokblock_N
-    else:  # reservoir sample (dense path, or sparse path without the all-token copy)
-        sample, block_N = stats.sample_PU(), stats.sample_block_P
-        data = sp.csr_array(sample.astype(np.int32)) if method == "sparse" else sample.astype(np.float32)
-    if method == "sparse":
-        topk = lambda x, t: ppmi_topk_sparse(x, k_edges, min_count, timings=t)  # noqa: E731
-        shift = shift_csr
-    else:
-        topk = lambda x, t: ppmi_topk_dense(x, k_edges, min_count, timings=t)  # noqa: E731
-        shift = lambda x, r: shift_dense(sample, r).astype(np.float32)  # noqa: E731  (shift bool, 4x less data)
-    edges = topk_edges(*topk(data, timings))
+    else:  # token sample (dense path, or sparse path without the all-token copy)
+        data, block_N = stats.sample_PU(), stats.sample_block_P
+        if method == "sparse":
+            data = sp.csr_array(data.astype(np.int32))
+    task_N = stats.task_B[block_N]
+
+    def graph(x, t, xt=None):
+        if method == "sparse":
+            return topk_edges(*ppmi_topk_sparse(x, k_edges, min_count, workers=workers, timings=t, at_UN=xt))
+        return topk_edges(*ppmi_topk_dense(x.astype(np.float32), k_edges, min_count, timings=t))
+
+    edges = graph(data, timings)
     labels, Q = louvain_modularity(edges, U, seed=seed, resolution=resolution, timings=timings)
     sizes = np.bincount(labels)
     out = {"method": method, "n_pair_tokens": int(data.shape[0]), "k_edges": k_edges, "min_count": min_count,
            "cost_estimate_s": cost, "Q": Q, "labels_U": labels, "edges": edges, "n_edges": len(edges[0]),
            "n_communities": int((sizes > 1).sum()), "n_singletons": int((sizes == 1).sum()),
-           "community_sizes": np.sort(sizes[sizes > 1])[::-1].tolist()}
+           "community_sizes": np.sort(sizes[sizes > 1])[::-1].tolist(), "n_null": n_null, "nulls": list(nulls)}
     if stability:
         t = time.perf_counter()
-        half = (rng.random(int(block_N.max()) + 1) < 0.5)[block_N]  # split by text block
-        ia, ib = np.flatnonzero(half), np.flatnonzero(~half)
+        half = (np.random.default_rng(seed).random(len(stats.ntok_B)) < 0.5)[block_N]
+        ia, ib = np.flatnonzero(half), np.flatnonzero(~half)   # halves by text block
+        half_a, half_b = (data[ia], data[ib]) if sp.issparse(data) else (data[ia].astype(np.float32), data[ib].astype(np.float32))
         out["edge_jaccard_halves"], out["edge_replication"] = split_half_stability(
-            data[ia], data[ib], k_edges, min_count, n_units_sample=stability_units, seed=seed)
+            half_a, half_b, k_edges, min_count, n_units_sample=stability_units, seed=seed)
         out["stability_tokens"] = (len(ia), len(ib))
         timings["stability"] = time.perf_counter() - t
-    t0 = time.perf_counter()
-    qn, nn, tn = [], [], {}
-    for _ in range(n_null):
-        en = topk_edges(*topk(shift(data, rng), tn))
-        qn.append(louvain_modularity(en, U, seed=seed, resolution=resolution, timings=tn)[1])
-        nn.append(len(en[0]))
-    timings["null"] = time.perf_counter() - t0
+    groups = {"a": np.zeros(len(task_N), np.int64), "b": task_N}
+    tn = {}
+    for name in ("a", "b"):
+        qs, ne = [], []
+        t0 = time.perf_counter()
+        for r in range(n_null if name in nulls else 0):
+            t = time.perf_counter()
+            x = null_activity(data, groups[name], np.random.default_rng([seed, ord(name), r]))
+            _add_times(tn, sampling=time.perf_counter() - t)
+            en = graph(x[0], tn, x[1]) if isinstance(x, tuple) else graph(x, tn)
+            qs.append(louvain_modularity(en, U, seed=seed + 1 + r, resolution=resolution, timings=tn)[1])
+            ne.append(len(en[0]))
+        timings[f"null_{name}"] = time.perf_counter() - t0
+        mu = float(np.mean(qs)) if qs else float("nan")
+        sd = float(np.std(qs, ddof=1)) if len(qs) > 1 else float("nan")
+        out.update({f"Q_null_{name}": qs, f"Q_null_{name}_mean": mu, f"Q_null_{name}_sd": sd,
+                    f"z_{name}": null_z(Q, qs), f"null_{name}_n_edges": ne})
     timings.update({f"null_{key}": v for key, v in tn.items()})
-    mu = float(np.mean(qn)) if qn else float("nan")
-    sd = float(np.std(qn, ddof=1)) if len(qn) > 1 else float("nan")
-    out.update(Q_null=qn, Q_null_mean=mu, Q_null_std=sd, z=(Q - mu) / sd if sd > 0 else float("nan"),
-               null_n_edges=nn, timings=timings)
+    out.update(verdict=q_verdict(out["z_a"], out["z_b"], z_cut), timings=timings)
     return out
+
 
 # %% ../nbs/13_specialization.ipynb #f66c8fee
 class PlantedModules:
@@ -718,10 +884,12 @@ class PlantedModules:
             yield self._chunk(rng, task_N, fmt, buf), task_N, block_N
 
 # %% ../nbs/13_specialization.ipynb #4184daa9
-def cache_chunks(cache, tasks: list, batch: int = 4096, transform=None):
+def cache_chunks(cache, tasks: list, batch: int = 4096, transform=None, sparse_density: float | None = None):
     """`(acts_NU, task_N, block_N)` chunks of an activation cache in token order; `transform` maps a float32 batch
-    (e.g. an SAE's `encode`); its output is passed on as a scipy CSR matrix when mostly zeros."""
+    (e.g. an SAE's `encode`); its output is passed on as a scipy CSR matrix when its density is below `sparse_density`
+    (default `SpecParams.sparse_density`; only the representation changes, not the results)."""
     import scipy.sparse as sps
+    sparse_density = _spec_default("sparse_density") if sparse_density is None else sparse_density
     ix = cache.index.sort_values("token")
     tmap = {t: k for k, t in enumerate(tasks)}
     unknown = sorted(set(ix.task) - set(tmap))
@@ -733,7 +901,7 @@ def cache_chunks(cache, tasks: list, batch: int = 4096, transform=None):
         n = len(x)
         if transform is not None:
             with torch.no_grad(): x = transform(x)
-            if float((x != 0).float().mean()) < 0.05: x = sps.csr_array(x.numpy())
+            if float((x != 0).float().mean()) < sparse_density: x = sps.csr_array(x.numpy())
         yield x, task_N[i:i + n], block_N[i:i + n]
         i += n
 
@@ -745,9 +913,11 @@ def check_task_tokens(tokens_K, tasks: list, min_tokens: int, warn_tokens: int):
     low = {t: int(n) for t, n in zip(tasks, tokens_K) if n < warn_tokens}
     if low: warnings.warn(f"tasks with few tokens, rates are noisy: {low} (below {warn_tokens})")
 
-def community_enrichment(labels_U, rates_KU, tasks: list, min_size: int = 2):
+def community_enrichment(labels_U, rates_KU, tasks: list, min_size: int = 2, min_enrichment: float | None = None):
     """Per community of at least `min_size` units: size, the members' mean rate per task over its mean over tasks
-    (`enrich_<task>`, 1 = no preference), the most enriched task and its enrichment."""
+    (`enrich_<task>`, 1 = no preference), the most enriched task, its enrichment, and `enriched` (enrichment at least
+    `min_enrichment`, default `SpecParams.min_enrichment`)."""
+    min_enrichment = _spec_default("min_enrichment") if min_enrichment is None else min_enrichment
     import pandas as pd
     labels_U = np.asarray(labels_U); rates = np.nan_to_num(np.asarray(rates_KU, dtype=np.float64))
     rows = []
@@ -757,13 +927,13 @@ def community_enrichment(labels_U, rates_KU, tasks: list, min_size: int = 2):
         r = rates[:, m].mean(1)
         e = r / r.mean() if r.mean() > 0 else np.ones_like(r)
         rows.append({"community": int(c), "size": int(m.sum()), **{f"enrich_{t}": float(v) for t, v in zip(tasks, e)},
-                     "top_task": tasks[int(np.argmax(e))], "enrichment": float(e.max())})
-    cols = ["community", "size", *[f"enrich_{t}" for t in tasks], "top_task", "enrichment"]
+                     "top_task": tasks[int(np.argmax(e))], "enrichment": float(e.max()), "enriched": bool(e.max() >= min_enrichment)})
+    cols = ["community", "size", *[f"enrich_{t}" for t in tasks], "top_task", "enrichment", "enriched"]
     return pd.DataFrame(rows, columns=cols).sort_values(["size", "community"], ascending=[False, True]).reset_index(drop=True)
 
-def community_sets(labels_U, communities, max_sets: int = 8, min_enrichment: float = 1.5, min_size: int = 2) -> dict:
-    "Ablation sets of the `max_sets` largest task-enriched communities (enrichment >= `min_enrichment`)."
-    c = communities[(communities.enrichment >= min_enrichment) & (communities["size"] >= min_size)].head(max_sets)
+def community_sets(labels_U, communities, max_sets: int = 8, min_size: int = 2) -> dict:
+    "Ablation sets of the `max_sets` largest task-enriched communities (`enriched` in the `community_enrichment` table)."
+    c = communities[communities.enriched & (communities["size"] >= min_size)].head(max_sets)
     labels_U = np.asarray(labels_U)
     return {f"community:{int(r.community)}:{r.top_task}": {"kind": "community", "target": r.top_task,
                                                            "units": np.flatnonzero(labels_U == r.community)} for r in c.itertuples()}
@@ -787,24 +957,25 @@ def analyse_units(chunks, tasks: list, thresholds_U=None, sp=None, seed: int = 0
     first = next(chunks, None)
     if first is None: raise SdlmsError("no activations to analyse (empty cache)")
     P = pair_tokens_for(first[0].shape[1], sp.pair_tokens)
-    stats = collect_activity(itertools.chain([first], chunks), thresholds_U, pair_tokens=P, seed=seed)
+    stats = collect_activity(itertools.chain([first], chunks), thresholds_U, pair_tokens=P, sparse_density=sp.sparse_density, seed=seed)
     tok_K = np.bincount(stats.task_B, weights=stats.ntok_B, minlength=len(tasks))
     check_task_tokens(tok_K, tasks, sp.min_task_tokens, sp.warn_task_tokens)
     si = si_analysis(stats.counts_BU, stats.ntok_B, stats.task_B, tasks, sp.n_null, sp.n_boot, seed)
     mod = coactivation_modularity(stats, k_edges=sp.k_edges, min_count=sp.min_cocount, n_null=sp.n_null_q,
-                                  resolution=sp.resolution, seed=seed)
-    comm = community_enrichment(mod["labels_U"], si["rates_KU"], tasks)
+                                  method=sp.pair_method, resolution=sp.resolution, z_cut=sp.z_cut, seed=seed)
+    comm = community_enrichment(mod["labels_U"], si["rates_KU"], tasks, min_enrichment=sp.min_enrichment)
     units = pd.DataFrame({"unit": np.arange(stats.n_units), "si": si["si_U"], "si_null": si["si_null_U"],
                           "preferred_task": np.where(si["preferred_U"] >= 0, np.asarray(tasks, dtype=object)[np.maximum(si["preferred_U"], 0)], None),
                           "density": si["density_U"], "community": mod["labels_U"],
                           **{f"rate_{t}": si["rates_KU"][k] for k, t in enumerate(tasks)}})
     sizes = mod["community_sizes"]
-    row = {**si["stats"], "Q": mod["Q"], "Q_null_mean": mod["Q_null_mean"], "Q_null_sd": mod["Q_null_std"], "z": mod["z"],
+    row = {**si["stats"], "Q": mod["Q"],
+           **{k: mod[k] for x in ("a", "b") for k in (f"Q_null_{x}_mean", f"Q_null_{x}_sd", f"z_{x}")}, "q_verdict": mod["verdict"],
            "n_communities": mod["n_communities"], "largest_community": sizes[0] if sizes else 0,
-           "n_enriched_communities": int((comm.enrichment >= 1.5).sum()), "n_edges": mod["n_edges"],
+           "n_enriched_communities": int(comm.enriched.sum()), "n_edges": mod["n_edges"],
            "pair_method": mod["method"], "pair_tokens": mod["n_pair_tokens"], "k_edges": sp.k_edges,
            "edge_jaccard_halves": mod.get("edge_jaccard_halves", np.nan), "edge_replication": mod.get("edge_replication", np.nan),
-           "n_null": sp.n_null, "n_boot": sp.n_boot, "n_null_q": sp.n_null_q, "seed": seed}
+           "n_null": sp.n_null, "n_boot": sp.n_boot, "n_null_q": sp.n_null_q, "z_cut": sp.z_cut, "seed": seed}
     return {"row": row, "units": units, "communities": comm, "si": si, "mod": mod, "stats": stats}
 
 def community_drawing(result: dict, tasks: list, n_communities: int = 4, max_nodes: int = 400, seed: int = 0, title: str = ""):

@@ -9,6 +9,7 @@ import pytest
 from sdlms.config import parse_params
 from sdlms.core import SdlmsError
 from sdlms.runner import execute_stage
+from sdlms.specialization import q_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -19,14 +20,19 @@ def test_si_modularity_table(smoke_run):
     df = pd.read_csv(smoke_run / "si_modularity.csv")
     assert sorted(zip(df.layer, df.unit_kind)) == [(0, "neuron"), (0, "neuron_init"), (1, "neuron"), (1, "neuron_init")]
     for col in ["model", "params", "relative_depth", "d_mlp", "active", "n_units", "n_live", "tokens", "si_mean", "si_mean_lo",
-                "si_mean_hi", "si_null_mean", "si_excess", "si_excess_lo", "frac_si_ge_0.5", "Q", "Q_null_mean", "Q_null_sd", "z",
-                "n_communities", "pair_method", "pair_tokens", "edge_replication"]:
+                "si_mean_hi", "si_null_mean", "si_excess", "si_excess_lo", "frac_si_ge_0.5", "Q", "Q_null_a_mean", "Q_null_a_sd", "z_a",
+                "Q_null_b_mean", "Q_null_b_sd", "z_b", "q_verdict", "n_communities", "pair_method", "pair_tokens", "edge_replication"]:
         assert col in df, col
+    assert not {"Q_null_mean", "Q_null_sd", "z"} & set(df)     # the old single (token-order) null is gone
     assert (df.n_units == 128).all() and (df.tokens == 6 * 256).all() and (df.active == "top 0.1 of own distribution").all()
     assert (df.si_mean_lo <= df.si_mean_debiased).all() and (df.si_mean_debiased <= df.si_mean_hi).all()
     assert (df.si_mean_debiased <= df.si_mean).all()          # sampling noise inflates SI; the bootstrap takes it out
     assert (df.pair_tokens == 6 * 256).all()                   # small layers: pair counts on every token
-    assert df.si_null_mean.between(0, 0.2).all() and df.Q.between(-0.5, 1).all() and np.isfinite(df.z).all()
+    assert df.si_null_mean.between(0, 0.2).all()
+    # modularity: both nulls ran (3 repeats each, with spread), and the verdict is the one their z-scores give
+    assert (df.n_null_q == 3).all() and (df.Q_null_a_sd > 0).all() and (df.Q_null_b_sd > 0).all()
+    assert np.isfinite(df.z_a).all() and np.isfinite(df.z_b).all()
+    assert list(df.q_verdict) == [q_verdict(a, b, c) for a, b, c in zip(df.z_a, df.z_b, df.z_cut)]
     # per-unit table: SI, null, preferred task, community and rates for each kind
     u = pd.read_parquet(smoke_run / "specialization/micro-tiny/L1/units.parquet")
     assert len(u) == 2 * 128 and set(u.preferred_task.dropna()) <= set(TASKS)
