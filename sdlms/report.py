@@ -70,7 +70,7 @@ IMPORTANCE_TEXT = ("Does the model use each MLP? Probe-loss increase (nats) when
                    "their mean, one site at a time, trained vs random init. Read no metric of a site marked unused: it "
                    "describes units the model does not rely on.")
 
-SPEC_COLS = ["model", "layer", "unit_kind", "n_live", "si_mean", "si_mean_lo", "si_mean_hi", "si_null_mean", "Q", "Q_null_mean", "z",
+SPEC_COLS = ["model", "layer", "unit_kind", "n_live", "si_mean", "si_mean_lo", "si_mean_hi", "si_null_mean", "Q", "Q_null_a_mean", "z_a", "Q_null_b_mean", "z_b", "q_verdict",
              "n_communities", "pair_method"]
 
 def specialization_summary(run_dir):
@@ -97,8 +97,10 @@ def write_quarto_project(run_dir) -> dict:
     sm = specialization_summary(run_dir)
     if sm is not None:
         lines += ["## Specialization and modularity", "",
-                  "Mean SI with its bootstrap 95% CI against the block label-shuffle null; modularity Q of the positive-PMI "
-                  "co-activation graph against activity shuffled across tokens per unit (z over the null repeats).", "",
+                  "Mean SI with its bootstrap 95% CI against the block label-shuffle null. Modularity Q of the positive-PMI "
+                  "co-activation graph against two nulls built by the same graph pipeline: (a) each unit's activity permuted "
+                  "across tokens (no co-activation structure at all: `Q_null_a_mean`, `z_a`) and (b) permuted within each task "
+                  "(no structure beyond task preference: `Q_null_b_mean`, `z_b`); `q_verdict` reads the two z-scores.", "",
                   sm.to_markdown(index=False), ""]
     lines += ["## Figures", ""]
     for pat, label in EMBEDS:
