@@ -58,6 +58,8 @@ class SpecParams:
     active: str = F("topq", (str,), "when a neuron counts as active: 'gt0' (value > 0) or 'topq' (top q of its own "
                     "distribution); SAE features always use > 0", ["gt0", "topq"])
     q: float = F(0.1, (int, float), "top share of each neuron's values counted as active (active: topq)")
+    threshold_tokens: int = F(8192, (int,), "tokens (seeded sample of the probe cache) from which each neuron's top-q threshold "
+                              "is computed (active: topq)")
     n_null: int = F(20, (int,), "label shuffles (between text blocks) for the SI null")
     n_boot: int = F(200, (int,), "bootstrap resamples of text blocks for the SI confidence intervals")
     min_task_tokens: int = F(256, (int,), "error when a task has fewer tokens (rates would be noise)")
@@ -225,7 +227,7 @@ def validate(p: RunParams, errors: list | None = None) -> list:
         if len(p.tasks) < 2: errors.append(f"specialization: the specialization index needs at least 2 probe tasks, got {len(p.tasks)}")
         if not 0 < sp.q < 1: errors.append(f"specialization.q: must be in (0, 1), got {sp.q}")
         if not 0 < sp.ablation_frac < 1: errors.append(f"specialization.ablation_frac: must be in (0, 1), got {sp.ablation_frac}")
-        for k in ("k_edges", "ablation_blocks_per_task"):
+        for k in ("k_edges", "ablation_blocks_per_task", "threshold_tokens"):
             if getattr(sp, k) < 1: errors.append(f"specialization.{k}: must be >= 1, got {getattr(sp, k)}")
         for k in ("pair_tokens", "n_null", "n_boot", "n_null_q", "n_controls", "min_task_tokens", "max_communities", "min_cocount"):
             if getattr(sp, k) < 0: errors.append(f"specialization.{k}: must be >= 0, got {getattr(sp, k)}")
