@@ -500,8 +500,8 @@ def ppmi_topk_sparse(a_NU, k, min_count=2, workers=2, timings=None, at_UN=None):
     out_L, out_i = np.zeros((U, k)), np.full((U, k), -1, np.int64)
     work = np.cumsum(at @ np.diff(a.indptr).astype(np.float64) + 1)
     cuts = np.unique(np.r_[0, np.searchsorted(work, work[-1] * np.arange(1, 8 * workers) / (8 * workers)), U])
-    args = (at.indptr.astype(np.int64), at.indices.astype(np.int32), a.indptr.astype(np.int64),
-            a.indices.astype(np.int32), inv, float(n), int(k), int(min_count))
+    args = (at.indptr.astype(np.int64), at.indices.astype(np.int32, copy=False), a.indptr.astype(np.int64),
+            a.indices.astype(np.int32, copy=False), inv, float(n), int(k), int(min_count))
     with ThreadPoolExecutor(max(1, workers)) as ex:
         list(ex.map(lambda b: _csr_topk_kernel(*args, b[0], b[1], out_L, out_i), zip(cuts[:-1].tolist(), cuts[1:].tolist())))
     ok = out_i >= 0
@@ -644,11 +644,12 @@ def _null_rows_kernel(at_ptr, row_E, grp_N, off_G, n_G, seed):
             p = q
     return out
 
-def null_activity(data, group_N, rng):
+def null_activity(data, group_N, rng, at_UN=None):
     """Null activity with no co-activation structure beyond `group_N` (a group id per row, e.g. the task; all zeros:
     none): each unit keeps its number of active tokens in every group, on rows drawn uniformly without replacement
     within the group (= an independent permutation of each unit's column within each group).
-    data: dense bool (n, U) -> dense bool; binary CSR -> (CSR, its transpose as CSR)."""
+    data: dense bool (n, U) -> dense bool; binary CSR -> (CSR, its transpose as CSR); at_UN: data's transpose as
+    CSR, if at hand."""
     n, U = data.shape
     g_N = np.asarray(group_N, np.int64)
     o = None if (np.diff(g_N) >= 0).all() else np.argsort(g_N, kind="stable")   # make groups contiguous
@@ -661,7 +662,7 @@ def null_activity(data, group_N, rng):
     off_G = np.cumsum(n_G) - n_G
     seed = int(rng.integers(2**31))
     if sp.issparse(data):
-        at = sp.csr_array(data).T.tocsr()
+        at = sp.csr_array(data).T.tocsr() if at_UN is None else at_UN
         rows = _null_rows_kernel(at.indptr.astype(np.int64), at.indices.astype(np.int64), g_N, off_G, n_G, seed)
         new_at = sp.csr_array((np.ones(len(rows), np.int32), rows.astype(np.int32), at.indptr), shape=(U, n))
         return new_at.T.tocsr(), new_at
@@ -763,12 +764,14 @@ def coactivation_modularity(stats, k_edges=5, min_count=2, n_null=3, method="aut
             data = sp.csr_array(data.astype(np.int32))
     task_N = stats.task_B[block_N]
 
+    data_t = sp.csr_array(data.T).tocsr() if method == "sparse" else None   # unit-major copy, shared by the nulls
+
     def graph(x, t, xt=None):
         if method == "sparse":
             return topk_edges(*ppmi_topk_sparse(x, k_edges, min_count, workers=workers, timings=t, at_UN=xt))
         return topk_edges(*ppmi_topk_dense(x.astype(np.float32), k_edges, min_count, timings=t))
 
-    edges = graph(data, timings)
+    edges = graph(data, timings, data_t)
     labels, Q = louvain_modularity(edges, U, seed=seed, resolution=resolution, timings=timings)
     sizes = np.bincount(labels)
     out = {"method": method, "n_pair_tokens": int(data.shape[0]), "k_edges": k_edges, "min_count": min_count,
@@ -791,7 +794,7 @@ def coactivation_modularity(stats, k_edges=5, min_count=2, n_null=3, method="aut
         t0 = time.perf_counter()
         for r in range(n_null if name in nulls else 0):
             t = time.perf_counter()
-            x = null_activity(data, groups[name], np.random.default_rng([seed, ord(name), r]))
+            x = null_activity(data, groups[name], np.random.default_rng([seed, ord(name), r]), data_t)
             _add_times(tn, sampling=time.perf_counter() - t)
             en = graph(x[0], tn, x[1]) if isinstance(x, tuple) else graph(x, tn)
             qs.append(louvain_modularity(en, U, seed=seed + 1 + r, resolution=resolution, timings=tn)[1])
