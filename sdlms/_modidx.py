@@ -222,6 +222,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'sdlms.specialization._spec_default': ( 'specialization.html#_spec_default',
                                                                               'sdlms/specialization.py'),
                                       'sdlms.specialization._splitmix64': ('specialization.html#_splitmix64', 'sdlms/specialization.py'),
+                                      'sdlms.specialization._transpose_kernel': ( 'specialization.html#_transpose_kernel',
+                                                                                  'sdlms/specialization.py'),
                                       'sdlms.specialization._unique': ('specialization.html#_unique', 'sdlms/specialization.py'),
                                       'sdlms.specialization.ablation_fn': ('specialization.html#ablation_fn', 'sdlms/specialization.py'),
                                       'sdlms.specialization.ablation_matrix': ( 'specialization.html#ablation_matrix',

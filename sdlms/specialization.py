@@ -500,8 +500,9 @@ def ppmi_topk_sparse(a_NU, k, min_count=2, workers=2, timings=None, at_UN=None):
     out_L, out_i = np.zeros((U, k)), np.full((U, k), -1, np.int64)
     work = np.cumsum(at @ np.diff(a.indptr).astype(np.float64) + 1)
     cuts = np.unique(np.r_[0, np.searchsorted(work, work[-1] * np.arange(1, 8 * workers) / (8 * workers)), U])
+    unit_dtype = np.uint16 if U <= 1 << 16 else np.int32   # half the memory traffic of the partner lists (~25% faster)
     args = (at.indptr.astype(np.int64), at.indices.astype(np.int32, copy=False), a.indptr.astype(np.int64),
-            a.indices.astype(np.int32, copy=False), inv, float(n), int(k), int(min_count))
+            a.indices.astype(unit_dtype, copy=False), inv, float(n), int(k), int(min_count))
     with ThreadPoolExecutor(max(1, workers)) as ex:
         list(ex.map(lambda b: _csr_topk_kernel(*args, b[0], b[1], out_L, out_i), zip(cuts[:-1].tolist(), cuts[1:].tolist())))
     ok = out_i >= 0
@@ -644,6 +645,22 @@ def _null_rows_kernel(at_ptr, row_E, grp_N, off_G, n_G, seed):
             p = q
     return out
 
+@numba.njit(nogil=True, cache=_NUMBA_CACHE)
+def _transpose_kernel(ptr_U, rows_E, n):
+    """Token-major CSR (indptr, unit indices sorted within each token) of unit-major entries (ptr_U, rows_E)."""
+    indptr = np.zeros(n + 1, np.int64)
+    for x in range(len(rows_E)):
+        indptr[rows_E[x] + 1] += 1
+    for r in range(n):
+        indptr[r + 1] += indptr[r]
+    fill = indptr[:-1].copy()
+    idx = np.empty(len(rows_E), np.int32)
+    for u in range(len(ptr_U) - 1):
+        for x in range(ptr_U[u], ptr_U[u + 1]):
+            idx[fill[rows_E[x]]] = u
+            fill[rows_E[x]] += 1
+    return indptr, idx
+
 def null_activity(data, group_N, rng, at_UN=None):
     """Null activity with no co-activation structure beyond `group_N` (a group id per row, e.g. the task; all zeros:
     none): each unit keeps its number of active tokens in every group, on rows drawn uniformly without replacement
@@ -663,9 +680,11 @@ def null_activity(data, group_N, rng, at_UN=None):
     seed = int(rng.integers(2**31))
     if sp.issparse(data):
         at = sp.csr_array(data).T.tocsr() if at_UN is None else at_UN
-        rows = _null_rows_kernel(at.indptr.astype(np.int64), at.indices.astype(np.int64), g_N, off_G, n_G, seed)
+        ptr = at.indptr.astype(np.int64)
+        rows = _null_rows_kernel(ptr, at.indices.astype(np.int64), g_N, off_G, n_G, seed)
         new_at = sp.csr_array((np.ones(len(rows), np.int32), rows.astype(np.int32), at.indptr), shape=(U, n))
-        return new_at.T.tocsr(), new_at
+        indptr, idx = _transpose_kernel(ptr, rows, n)
+        return sp.csr_array((np.ones(len(idx), np.int32), idx, indptr), shape=(n, U)), new_at
     unit_E, row_E = np.nonzero(np.asarray(data).T)
     ptr = np.r_[0, np.cumsum(np.bincount(unit_E, minlength=U))].astype(np.int64)
     out = np.zeros((n, U), bool)
