@@ -232,6 +232,9 @@ def validate(p: RunParams, errors: list | None = None) -> list:
         for k in ("pair_tokens", "n_null", "n_boot", "n_null_q", "n_controls", "min_task_tokens", "max_communities", "min_cocount"):
             if getattr(sp, k) < 0: errors.append(f"specialization.{k}: must be >= 0, got {getattr(sp, k)}")
         if sp.resolution <= 0: errors.append(f"specialization.resolution: must be > 0, got {sp.resolution}")
+        if not 0 < sp.sparse_density < 1: errors.append(f"specialization.sparse_density: must be in (0, 1), got {sp.sparse_density}")
+        if sp.min_enrichment < 1: errors.append(f"specialization.min_enrichment: must be >= 1 (1 = no task preference), got {sp.min_enrichment}")
+        if sp.z_cut <= 0: errors.append(f"specialization.z_cut: must be > 0, got {sp.z_cut}")
         if p.tokens_per_task < sp.min_task_tokens:
             errors.append(f"tokens_per_task ({p.tokens_per_task}) is below specialization.min_task_tokens ({sp.min_task_tokens}): "
                           "per-task rates would be noise; raise tokens_per_task")

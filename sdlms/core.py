@@ -59,7 +59,7 @@ def hash_state_dict(model) -> str:
 
 # %% ../nbs/00_core.ipynb #2cf68c2f
 _PKGS = ("sdlms", "torch", "transformers", "tokenizers", "numpy", "pandas", "papermill", "plotly",
-         "networkx", "datasets", "sae-lens", "nbdev")
+         "networkx", "igraph", "numba", "scipy", "datasets", "sae-lens", "nbdev")
 
 def package_versions(pkgs=_PKGS) -> dict:
     "Installed versions of the packages a result depends on (None when absent), plus python and platform."
