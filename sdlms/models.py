@@ -107,6 +107,10 @@ def load_config(spec: str):
     from transformers import AutoConfig
     from sdlms.data import hub_reachable
     local = is_local_model(spec)
+    p = Path(str(spec)).expanduser()
+    if not local and (p.is_absolute() or str(spec).startswith((".", "~")) or p.exists()):
+        raise SdlmsError(f"model {spec!r} is neither a local folder with config.json nor a hub id: {p} has no config.json; "
+                         f"save the model there with save_pretrained, or give a micro-suite name or hub id")
     online = local or hub_reachable()
     try: return AutoConfig.from_pretrained(str(Path(spec).expanduser()) if local else str(spec), trust_remote_code=False,
                                            local_files_only=not online)

@@ -24,14 +24,14 @@ def test_probe_items_never_appear_in_training_data(tokenizer_dir):
         train = set(islice(generate_items(t, "train", 0), 5000))
         assert not probe & train, t
     tb = training_blocks(tok, 4096, 64, seed=0)
-    assert tb.shape == (66, 64)      # ceil(4096 / 6 / 64) = 11 blocks per task
+    assert tb.shape == (70, 64)      # ceil(4096 / 7 / 64) = 10 blocks per task
 
 
 def test_balanced_blocks_and_index(tokenizer_dir):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     pb = probe_blocks(tok, list(GENERATORS), load_manifest(), tokens_per_task=300, block_size=64, seed=5)
-    assert pb.ids_BT.shape == (6 * 4, 64)                      # 300 // 64 = 4 blocks per task
+    assert pb.ids_BT.shape == (7 * 4, 64)                      # 300 // 64 = 4 blocks per task, 7 tasks
     ix = pb.token_index()
     assert (ix.groupby("task").size() == 256).all()
     assert (ix.token_id.values == pb.ids_BT.reshape(-1)).all()
