@@ -16,7 +16,7 @@ from .capture import ActivationCache
 
 # %% auto #0
 __all__ = ['site_activations', 'top_features_for_text', 'top_contexts', 'context_html', 'feature_browser', 'steer_fn', 'steer',
-           'generate']
+           'generate', 'pick_steering_feature']
 
 # %% ../nbs/12_features.ipynb #53874d42
 @torch.no_grad()
@@ -59,16 +59,28 @@ def top_contexts(sae, cache: ActivationCache, rows=None, n: int = 5, batch: int 
 def context_html(tok, index, row: int, window: int = 10) -> str:
     "HTML of the tokens around global token `row` of a cache index (same block), the token itself highlighted."
     r = index.loc[row]
-    blk = index[(index.block == r.block) & (index.position.between(r.position - window, r.position + 3))].sort_values("position")
+    if index.index.is_monotonic_increasing:       # a token-ordered index: slice around the row, then keep its block
+        near = index.loc[row - window:row + 3]
+        blk = near[near.block == r.block].sort_values("position")
+    else: blk = index[(index.block == r.block) & (index.position.between(r.position - window, r.position + 3))].sort_values("position")
     parts = []
     for t, pos in zip(blk.token_id, blk.position):
-        s = html.escape(tok.decode([int(t)])).replace("\n", "&#8629;")
+        s = _piece(tok, int(t))
         parts.append(f"<mark>{s}</mark>" if pos == r.position else s)
     return "".join(parts)
 
+_PIECES = {}
+def _piece(tok, t: int) -> str:
+    "HTML of one token's text (memoised per tokenizer)."
+    key = (id(tok), t)
+    if key not in _PIECES: _PIECES[key] = html.escape(tok.decode([t])).replace("\n", "&#8629;")
+    return _PIECES[key]
+
 # %% ../nbs/12_features.ipynb #3d481e90
-def feature_browser(out_file, feats, rates_KD, tasks, contexts: dict, title: str = "SAE features", max_features: int = 2000):
-    "Write the browser: `feats` DataFrame (feature, density, si, si_null, preferred_task), `contexts[f]` = list of HTML snippets."
+def feature_browser(out_file, feats, rates_KD, tasks, contexts: dict, title: str = "SAE features", max_features: int = 2000,
+                    tokens: int | None = None):
+    """Write the browser: `feats` DataFrame (feature, density, si, si_null, preferred_task, optional duplicate), `contexts[f]`
+    = list of HTML snippets; `tokens`: how many probe tokens the densities and rates come from."""
     live = feats[feats.density > 0].sort_values("density", ascending=False).head(max_features)
     rows = []
     for _, r in live.iterrows():
@@ -77,17 +89,20 @@ def feature_browser(out_file, feats, rates_KD, tasks, contexts: dict, title: str
         bars = "".join(f'<span class="bar" title="{html.escape(t)}: {v:.3f}" style="height:{2 + 22 * v / mx:.0f}px"></span>' for t, v in zip(tasks, rr))
         ctx = "".join(f"<li>{c}</li>" for c in contexts.get(f, []))
         si = "" if np.isnan(r.si) else f"{r.si:.3f}"
+        dup = "yes" if bool(getattr(r, "duplicate", False)) else ""
         rows.append(f'<tr><td>{f}</td><td>{r.density:.4g}</td><td>{si}</td><td>{r.si_null:.3f}</td><td>{html.escape(str(r.preferred_task))}</td>'
-                    f'<td class="bars">{bars}</td><td><details><summary>contexts</summary><ol>{ctx}</ol></details></td></tr>')
+                    f'<td>{dup}</td><td class="bars">{bars}</td><td><details><summary>contexts</summary><ol>{ctx}</ol></details></td></tr>')
+    src = f"; densities and task rates over {tokens:,} probe tokens" if tokens else ""
     legend = " ".join(f"{i + 1}. {html.escape(t)}" for i, t in enumerate(tasks))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body{{font-family:system-ui,sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{padding:3px 8px;border-bottom:1px solid #eee;vertical-align:top}} th{{cursor:pointer;background:#f6f6f6;position:sticky;top:0}}
 .bar{{display:inline-block;width:7px;background:#4c78a8;margin-right:1px;vertical-align:bottom}} .bars{{white-space:nowrap}}
 mark{{background:#ffd54f}} li{{font-family:monospace;white-space:pre-wrap;margin:2px 0}}</style></head><body>
-<h2>{html.escape(title)}</h2><p>{len(live)} live features of {len(feats)} (dead ones omitted). Click a column to sort.
-Task bars (left to right): {legend}.</p>
-<table id="t"><thead><tr><th>feature</th><th>density</th><th>SI</th><th>SI null</th><th>preferred task</th><th>task rates</th><th>top contexts</th></tr></thead>
+<h2>{html.escape(title)}</h2><p>{len(live)} live features of {len(feats)} (dead ones omitted){src}. Click a column to sort.
+SI is the specialization stage's (same probe rows, label-shuffle null). Duplicate: another live feature fires on exactly
+the same tokens or has decoder cosine above the cut. Task bars (left to right): {legend}.</p>
+<table id="t"><thead><tr><th>feature</th><th>density</th><th>SI</th><th>SI null</th><th>preferred task</th><th>duplicate</th><th>task rates</th><th>top contexts</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 <script>document.querySelectorAll('th').forEach((th, i) => th.onclick = () => {{
   const tb = document.querySelector('#t tbody'); const rs = Array.from(tb.rows); const asc = th.dataset.asc = th.dataset.asc === '1' ? '0' : '1';
@@ -127,3 +142,8 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 20) -> str:
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     return tok.decode(out[0, ids.shape[1]:])
+
+def pick_steering_feature(feats, min_density: float = 0.005) -> int:
+    "The steering demo's feature: the highest-SI live feature firing on at least `min_density` of the probe tokens (else the densest)."
+    cand = feats[(feats.density >= min_density) & feats.si.notna()].sort_values(["si", "feature"], ascending=[False, True])
+    return int(cand.feature.iloc[0]) if len(cand) else int(feats.feature[feats.density.idxmax()])

@@ -16,10 +16,12 @@ from .config import F, _build
 from .capture import ActivationCache, block_losses, write_array_cache
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'SAEParams', 'parse_sae_params', 'dict_size', 'split_blocks', 'CacheBatches', 'sparse_topk_sae_class',
-           'build_training_sae', 'recon', 'evaluate', 'TrainingError', 'train_sae', 'calibrate_threshold',
-           'feature_stats', 'spliced_losses', 'loss_recovered', 'val_blocks', 'dictionary_recovery',
-           'ground_truth_check']
+__all__ = ['ARCHITECTURES', 'SAEParams', 'parse_sae_params', 'dict_size', 'skip_reason', 'init_norm', 'split_blocks',
+           'StreamBatches', 'ActivationStream', 'collect_site_activations', 'stream_blocks', 'site_stream',
+           'sparse_topk_sae_class', 'build_training_sae', 'recon', 'evaluate', 'TrainingError', 'train_sae',
+           'calibrate_threshold', 'duplicate_latents', 'distinct_inputs', 'feature_stats', 'spliced_losses',
+           'loss_recovered', 'val_blocks', 'site_baselines', 'training_summary', 'probe_eval', 'dictionary_recovery',
+           'synthetic_stream', 'mlp_like_stream', 'ground_truth_check']
 
 # %% ../nbs/11_sae.ipynb #9315fecb
 # architecture -> which sparsity knob it uses ("k": TopK family, "l1", "l0")
@@ -27,7 +29,7 @@ ARCHITECTURES = {"topk": "k", "batchtopk": "k", "matryoshka_batchtopk": "k", "ju
 
 @dataclass
 class SAEParams:
-    "SAE training settings (one SAE per model, layer and grid point)."
+    "SAE training and evaluation settings (one SAE per model, layer and grid point). Every field enters the config hash."
     architecture: str = F("topk", (str,), "SAELens architecture", list(ARCHITECTURES))
     expansion: int = F(4, (int,), "d_sae = expansion * d_in (unless d_sae is given)")
     d_sae: object = F(None, (int, type(None)), "dictionary size (overrides expansion)")
@@ -35,6 +37,12 @@ class SAEParams:
     lr: float = F(1e-3, (int, float), "peak learning rate (Adam)")
     lr_warmup_frac: float = F(0.05, (int, float), "share of steps of linear lr warm-up")
     lr_decay_frac: float = F(0.2, (int, float), "share of final steps of linear decay to lr / 10")
+    decoder_init_norm: object = F(None, (int, float, type(None)), "norm of the initial decoder rows (the encoder starts as their "
+                                  "transpose); null: 1.0 for the TopK family, SAELens's 0.1 for the L1/L0 architectures. "
+                                  "At 0.1 Adam's first steps (about lr per coordinate) swamp the initial directions and "
+                                  "latents chosen on the same tokens collapse onto one direction (near-duplicates)")
+    b_dec_init: str = F("zeros", (str,), "initial decoder bias (subtracted from the input before encoding): zeros (SAELens's "
+                        "default) or the training stream's mean (Gao et al. use its geometric median; no better here)", ["zeros", "mean"])
     l1_coefficient: float = F(5.0, (int, float), "L1 coefficient (standard, gated)")
     l0_coefficient: float = F(1.0, (int, float), "L0 coefficient (jumprelu)")
     sparsity_warmup_frac: float = F(0.05, (int, float), "share of steps over which the L1/L0 coefficient ramps up")
@@ -42,28 +50,55 @@ class SAEParams:
     dead_feature_window: int = F(50, (int,), "steps without firing after which a latent counts as dead for AuxK")
     matryoshka_widths: list = F([], (list,), "nested widths for matryoshka_batchtopk (default d_sae/8, /4, /2, 1)")
     batch_size: int = F(1024, (int,), "tokens per training step")
-    train_tokens: int = F(200_000, (int,), "training token budget (tokens are revisited in epochs when the cache is smaller)")
-    val_frac: float = F(0.2, (int, float), "share of token blocks held out for validation")
-    eval_every: int = F(25, (int,), "steps between validation evaluations (early stopping, curves)")
-    patience: int = F(4, (int,), "evaluations without validation improvement before stopping (0: never stop early)")
+    train_tokens: int = F(200_000, (int,), "training tokens per SAE, from the site's training stream (model forward passes on "
+                          "training text, never the probe tokens); one pass when the stream holds them all")
+    train_data: str = F("generated", (str,), "text of the training stream: 'generated' (the generated corpus's train split, "
+                        "every task in equal parts: the micro-suite's own training distribution) or a local text dataset "
+                        "(json/jsonl/csv/parquet/txt file or save_to_disk folder with a `text` field)")
+    stream_seed: int = F(1, (int,), "seed of the training-stream text (the suite trains on `seed`; another seed draws fresh "
+                         "text from the same distribution)")
+    holdout_tokens: int = F(4096, (int,), "tokens of separate training-stream text held out for early stopping and the curves")
+    eval_every: int = F(25, (int,), "steps between held-out evaluations (early stopping, curves)")
+    patience: int = F(4, (int,), "held-out evaluations without improvement before stopping (0: never stop early)")
     checkpoint_every: int = F(100, (int,), "steps between checkpoints (0: none)")
     normalize: bool = F(True, (bool,), "scale inputs to mean norm sqrt(d_in) while training (SAELens's expected_average_only_in; "
                         "folded into the saved weights)")
     norm_batches: int = F(10, (int,), "batches used to estimate the activation-norm scaling factor")
     step: str = F("auto", (str,), "training step: sparse (exact sparse TopK step), dense (SAELens's own step), auto (sparse for topk)",
                   ["auto", "sparse", "dense"])
-    seed: int = F(0, (int,), "seed of initialisation, split and batch order")
+    seed: int = F(0, (int,), "seed of initialisation and batch order")
+    min_distinct_frac: float = F(0.5, (int, float), "train SAEs only at sites whose probe tokens have at least this share of "
+                                 "distinct activation vectors; below it the site's input is a function of the token alone (layer 0 "
+                                 "of a parallel-residual GPT-NeoX reads only the embedding): an SAE there is a token codebook, and "
+                                 "TopK's fixed k gives every token k latents that fire together. 0: every site")
+    dead_window_tokens: int = F(100_000, (int,), "training-stream dead latents: no firing in the last this many training tokens "
+                                "(at most all of them); resolves densities down to 1 / that")
+    ultra_low_density: float = F(1e-4, (int, float), "latents firing on fewer than this share of the probe tokens (but some) "
+                                 "count as ultra-low density")
+    dup_cos: float = F(0.9, (int, float), "near-duplicate latents: decoder cosine above this (or identical firing on the probe tokens)")
+    calibration_tokens: int = F(8192, (int,), "training-stream tokens on which BatchTopK/Matryoshka inference thresholds are calibrated")
+    min_ablation_cost: float = F(0.05, (int, float), "loss recovered is reported only where ablating the site costs at least "
+                                 "this many nats (L_ablated - L_clean); NaN with a note below it")
+    steer_min_density: float = F(0.005, (int, float), "steering demo: candidate features fire on at least this share of probe tokens")
+    steer_factor: float = F(4.0, (int, float), "steering demo: amplification factor of the chosen feature")
 
 def parse_sae_params(d: dict | None = None, d_in: int | None = None) -> SAEParams:
     "Build and check `SAEParams`; with `d_in`, also check k and widths against the dictionary size. One error lists all problems."
     errors = []
     p = _build(SAEParams, d or {}, "sae", errors)
     if not errors:
-        for k in ("expansion", "k", "batch_size", "train_tokens", "eval_every", "norm_batches", "dead_feature_window"):
+        for k in ("expansion", "k", "batch_size", "train_tokens", "eval_every", "norm_batches", "dead_feature_window",
+                  "holdout_tokens", "dead_window_tokens", "calibration_tokens"):
             if getattr(p, k) < 1: errors.append(f"sae.{k}: must be >= 1, got {getattr(p, k)}")
-        for k in ("lr", "l1_coefficient", "l0_coefficient"):
+        for k in ("lr", "l1_coefficient", "l0_coefficient", "steer_factor"):
             if getattr(p, k) <= 0: errors.append(f"sae.{k}: must be > 0, got {getattr(p, k)}")
-        if not 0 < p.val_frac < 1: errors.append(f"sae.val_frac: must be in (0, 1), got {p.val_frac}")
+        for k in ("min_ablation_cost", "patience", "checkpoint_every"):
+            if getattr(p, k) < 0: errors.append(f"sae.{k}: must be >= 0, got {getattr(p, k)}")
+        for k in ("ultra_low_density", "steer_min_density", "min_distinct_frac"):
+            if not 0 <= getattr(p, k) < 1: errors.append(f"sae.{k}: must be in [0, 1), got {getattr(p, k)}")
+        if not 0 < p.dup_cos <= 1: errors.append(f"sae.dup_cos: must be in (0, 1], got {p.dup_cos}")
+        if p.decoder_init_norm is not None and p.decoder_init_norm <= 0:
+            errors.append(f"sae.decoder_init_norm: must be > 0 or null, got {p.decoder_init_norm}")
         if p.d_sae is not None and p.d_sae < 1: errors.append(f"sae.d_sae: must be >= 1, got {p.d_sae}")
         if p.step == "sparse" and p.architecture != "topk":
             errors.append(f"sae.step: 'sparse' is only implemented for architecture 'topk', not {p.architecture!r}; use 'auto' or 'dense'")
@@ -82,9 +117,21 @@ def dict_size(p: SAEParams, d_in: int) -> int:
     "The dictionary size of `p` for inputs of width `d_in`."
     return int(p.d_sae) if p.d_sae else p.expansion * d_in
 
+def skip_reason(n_distinct: int, n_tokens: int, p: SAEParams) -> str:
+    "Why no SAE is trained at a site whose probe tokens hold `n_distinct` distinct activation vectors ('' when one is)."
+    if n_distinct >= p.min_distinct_frac * n_tokens: return ""
+    return (f"the site's input is a function of the token: {n_distinct:,} distinct activation vectors in {n_tokens:,} probe tokens "
+            f"(< sae.min_distinct_frac {p.min_distinct_frac:g}); an SAE here is a token codebook whose TopK latents fire in "
+            "fixed groups of k on each token")
+
+def init_norm(p: SAEParams) -> float:
+    "The initial decoder-row norm of `p` (`decoder_init_norm`, or its architecture's default)."
+    if p.decoder_init_norm is not None: return float(p.decoder_init_norm)
+    return 1.0 if ARCHITECTURES[p.architecture] == "k" else 0.1
+
 # %% ../nbs/11_sae.ipynb #079f702f
 def split_blocks(index, val_frac: float, seed: int):
-    "Token rows `(train, val)` of the cache, split by whole text blocks (stratified by task), seeded."
+    "Token rows `(train, held_out)` of a cache index, split by whole text blocks (stratified by task), seeded."
     rng = np.random.default_rng(seed)
     blocks = index.groupby("block")["task"].first()
     val = []
@@ -95,27 +142,117 @@ def split_blocks(index, val_frac: float, seed: int):
     is_val = index["block"].isin(set(val)).values
     rows = index["token"].values
     if is_val.all() or not is_val.any():
-        raise SdlmsError(f"cannot split {len(blocks)} text blocks into train and validation with val_frac={val_frac}; "
-                         "capture more tokens per task")
+        raise SdlmsError(f"cannot split {len(blocks)} text blocks into training and held-out parts with a share of {val_frac}; "
+                         "give more tokens")
     return rows[~is_val], rows[is_val]
 
-class CacheBatches:
-    "Infinite iterator of float32 `(batch, d)` batches drawn from `rows` of an activation cache, epoch by epoch, seeded."
-    def __init__(self, cache: ActivationCache, rows, batch_size: int, seed: int = 0, start_batch: int = 0, poison=None):
-        self.cache, self.rows, self.bs, self.seed = cache, np.asarray(rows), batch_size, seed
-        self.per_epoch = max(1, len(self.rows) // batch_size) if len(self.rows) >= batch_size else 1
-        self.i, self.poison = start_batch, poison
+class StreamBatches:
+    "Infinite iterator of float32 `(batch, d)` batches of `X_ND`, shuffled epoch by epoch (seeded); `start` skips batches (resume)."
+    def __init__(self, X_ND: torch.Tensor, batch_size: int, seed: int = 0, start: int = 0, poison=None):
+        self.X, self.bs, self.seed, self.i, self.poison = X_ND, batch_size, seed, start, poison
+        self.per_epoch = max(1, len(X_ND) // batch_size)
+        self._ep, self._perm = None, None
 
     def __iter__(self): return self
     def __next__(self) -> torch.Tensor:
         ep, j = divmod(self.i, self.per_epoch)
-        perm = np.random.default_rng([self.seed, ep]).permutation(len(self.rows))
-        if len(self.rows) < self.bs: idx = np.resize(perm, self.bs)     # tiny caches: repeat rows
-        else: idx = perm[j * self.bs:(j + 1) * self.bs]
+        if ep != self._ep:
+            self._ep, self._perm = ep, torch.from_numpy(np.random.default_rng([self.seed, ep]).permutation(len(self.X)))
+        idx = self._perm.repeat(-(-self.bs // len(self.X)))[:self.bs] if len(self.X) < self.bs else self._perm[j * self.bs:(j + 1) * self.bs]
         self.i += 1
-        x = self.cache[np.sort(self.rows[idx])]
+        x = self.X[idx].float()
         if self.poison is not None and self.i in self.poison: x[0, 0] = float("nan")   # tests: a bad batch
         return x
+
+class ActivationStream:
+    """One site's SAE training data in memory (float16, or bfloat16 where float16 would overflow): `train` feeds the
+    training steps, `holdout` (separate text) early stopping; `meta` says where they came from."""
+    def __init__(self, train_ND: torch.Tensor, holdout_ND: torch.Tensor, meta: dict | None = None):
+        if len(train_ND) < 1 or len(holdout_ND) < 1: raise SdlmsError("an activation stream needs training and held-out tokens")
+        self.train, self.holdout, self.meta = train_ND, holdout_ND, dict(meta or {})
+
+    @property
+    def d(self) -> int: return int(self.train.shape[1])
+    @property
+    def n_train(self) -> int: return len(self.train)
+    @property
+    def n_holdout(self) -> int: return len(self.holdout)
+
+    def mean(self) -> torch.Tensor:
+        "float32 mean of the training activations (accumulated in float64)."
+        return sum(x.sum(0, dtype=torch.float64) for x in self.train.split(65536)).div(self.n_train).float()
+
+    def batches(self, batch_size: int, seed: int = 0, start: int = 0, poison=None) -> StreamBatches:
+        "Training batches (float32), seeded and resumable from batch `start`."
+        return StreamBatches(self.train, batch_size, seed, start, poison)
+
+    @classmethod
+    def from_cache(cls, cache_dir, holdout_frac: float = 0.2, seed: int = 0) -> "ActivationStream":
+        "A stream from an activation cache split by whole text blocks (synthetic data, tests, benchmarks)."
+        cache = ActivationCache(cache_dir)
+        tr, ho = split_blocks(cache.index, holdout_frac, seed)
+        return cls(_compact(cache[np.sort(tr)]), _compact(cache[np.sort(ho)]),
+                   {"train_data": f"activation cache {cache_dir}", "holdout": f"{holdout_frac:.0%} of its text blocks"})
+
+def _compact(x: torch.Tensor) -> torch.Tensor:
+    "float16 copy of float activations, bfloat16 where float16 would overflow."
+    return x.to(torch.bfloat16 if x.numel() and float(x.abs().max()) > 65504 else torch.float16)
+
+class _StopForward(Exception): pass
+
+@torch.no_grad()
+def collect_site_activations(model, site_module, ids_BT, batch_size: int = 16) -> torch.Tensor:
+    """The input of `site_module` (an MLP's down projection: the MLP activations) for token blocks `ids_BT`, as a
+    `(B * T, d)` float16 tensor (bfloat16 if float16 would overflow). Each forward pass stops at the site."""
+    ids = torch.as_tensor(np.asarray(ids_BT), dtype=torch.long)
+    dev = next(model.parameters()).device
+    out, pos = None, 0
+    def hook(mod, inp):
+        nonlocal out, pos
+        a = inp[0].detach().reshape(-1, inp[0].shape[-1]).float().cpu()
+        if out is None: out = torch.empty(ids.numel(), a.shape[1], dtype=torch.float16)
+        if out.dtype == torch.float16 and float(a.abs().max()) > 65504: out = out.to(torch.bfloat16)
+        out[pos:pos + len(a)] = a.to(out.dtype); pos += len(a)
+        raise _StopForward
+    h = site_module.register_forward_pre_hook(hook)
+    try:
+        for i in range(0, len(ids), batch_size):
+            try: model(input_ids=ids[i:i + batch_size].to(dev), use_cache=False)
+            except _StopForward: pass
+    finally: h.remove()
+    if pos != ids.numel(): raise SdlmsError(f"the site saw {pos} of {ids.numel()} tokens; is `site_module` part of this model?")
+    return out
+
+def stream_blocks(tokenizer, source: str, n_tokens: int, block_size: int, seed: int) -> np.ndarray:
+    """Shuffled `(B, block_size)` token blocks, at least `n_tokens` in all, of training text: `source` 'generated' (the
+    generated corpus's train split, every task in equal parts, as the micro-suite is trained) or a local text dataset."""
+    if source == "generated":
+        from sdlms.suite import training_blocks
+        return training_blocks(tokenizer, n_tokens, block_size, seed)
+    from sdlms.data import TaskSpec, load_dataset_items
+    texts = load_dataset_items(TaskSpec(name="sae.train_data", kind="dataset", path=source, split="train"), seed)
+    ids, need = [], -(-n_tokens // block_size) * block_size
+    for i in range(0, len(texts), 256):
+        for x in tokenizer([t + "\n" for t in texts[i:i + 256]], add_special_tokens=False)["input_ids"]: ids.extend(x)
+        if len(ids) >= need: break
+    if len(ids) < need:
+        raise SdlmsError(f"sae.train_data {source!r} holds {len(ids):,} tokens, fewer than the {need:,} asked for "
+                         "(sae.train_tokens + sae.holdout_tokens); lower them or give more text")
+    return np.asarray(ids[:need], dtype=np.int64).reshape(-1, block_size)
+
+def site_stream(model, tokenizer, site_module, p: SAEParams, block_size: int = 128, batch_size: int = 16) -> ActivationStream:
+    """The SAE training stream of one site: `p.train_tokens` (+ `p.holdout_tokens` held out) tokens of `p.train_data` text
+    run through `model`, the site's activations kept in memory. Never the probe tokens."""
+    n_hold = -(-p.holdout_tokens // block_size)
+    ids = stream_blocks(tokenizer, p.train_data, p.train_tokens + n_hold * block_size, block_size, p.stream_seed)
+    t0 = time.perf_counter()
+    acts = collect_site_activations(model, site_module, ids, batch_size)
+    secs = time.perf_counter() - t0
+    cut = n_hold * block_size
+    return ActivationStream(acts[cut:], acts[:cut], {
+        "train_data": "generated corpus, train split" if p.train_data == "generated" else str(p.train_data),
+        "stream_seed": p.stream_seed, "block_size": block_size, "forward_s": round(secs, 2),
+        "forward_tokens_per_s": round(len(acts) / max(secs, 1e-9), 1)})
 
 # %% ../nbs/11_sae.ipynb #50c75ec1
 class _SparseTopKEncode(torch.autograd.Function):
@@ -184,12 +321,11 @@ def sparse_topk_sae_class():
 def build_training_sae(p: SAEParams, d_in: int, device: str = "cpu"):
     "A SAELens TrainingSAE of `p.architecture` for width `d_in` (seeded)."
     from sae_lens.registry import get_sae_training_class
-    from sae_lens import TrainingSAEConfig
     set_seed(p.seed)
     cls, cfg_cls = get_sae_training_class(p.architecture)
     if p.architecture == "topk" and p.step in ("auto", "sparse"): cls = sparse_topk_sae_class()
     d_sae = dict_size(p, d_in)
-    kw = dict(d_in=d_in, d_sae=d_sae, dtype="float32", device=device,
+    kw = dict(d_in=d_in, d_sae=d_sae, dtype="float32", device=device, decoder_init_norm=init_norm(p),
               normalize_activations="expected_average_only_in" if p.normalize else "none")
     kind = ARCHITECTURES[p.architecture]
     steps = max(1, p.train_tokens // p.batch_size)
@@ -226,21 +362,29 @@ def recon(sae, x: torch.Tensor, scale: float | None = None) -> tuple:
     out = sae.decode(f)
     return (out / scale if scale else out), f
 
+def _batches(src, rows=None, batch: int = 4096):
+    "float32 batches of an `ActivationCache` (all tokens or `rows`) or of an in-memory `(N, d)` tensor."
+    if isinstance(src, torch.Tensor):
+        x = src if rows is None else src[torch.as_tensor(np.sort(np.asarray(rows)))]
+        for i in range(0, len(x), batch): yield x[i:i + batch].float()
+    else: yield from src.iter_batches(batch, rows)
+
 @torch.no_grad()
-def evaluate(sae, cache: ActivationCache, rows, scale: float | None = None, batch: int = 4096) -> dict:
-    "Validation metrics of an SAE on cache `rows`: MSE, explained variance, L0, per-latent firing counts."
+def evaluate(sae, src, rows=None, scale: float | None = None, batch: int = 4096) -> dict:
+    """Reconstruction metrics of an SAE on `src`, an activation cache (all tokens, or `rows`) or an `(N, d)` tensor:
+    MSE, explained variance, L0 and per-latent firing counts over `tokens` tokens."""
     n, sse, s1, s2, l0 = 0, 0.0, None, 0.0, 0.0
     fired = None
-    for x in cache.iter_batches(batch, rows):
+    for x in _batches(src, rows, batch):
         out, f = recon(sae, x, scale)
         sse += float(((out - x) ** 2).sum(dtype=torch.float64))
         s1 = x.sum(0, dtype=torch.float64) if s1 is None else s1 + x.sum(0, dtype=torch.float64)
         s2 += float((x.double() ** 2).sum())
-        act = f != 0
+        act = f > 0
         l0 += float(act.sum()); fired = act.sum(0) if fired is None else fired + act.sum(0)
         n += len(x)
     tot = s2 - float((s1 ** 2).sum()) / n            # total sum of squares around the mean
-    return {"tokens": n, "mse": sse / (n * cache.d), "mse_per_token": sse / n, "explained_variance": 1 - sse / tot,
+    return {"tokens": n, "mse": sse / (n * x.shape[1]), "mse_per_token": sse / n, "explained_variance": 1 - sse / tot,
             "l0": l0 / n, "fire_counts": fired.long().numpy()}
 
 # %% ../nbs/11_sae.ipynb #82721148
@@ -255,23 +399,22 @@ def _save_ckpt(trainer, root: Path, name: str) -> Path:
     os.replace(tmp, final)
     return final
 
-def train_sae(cache_dir, out_dir, p: SAEParams | dict | None = None, device: str = "cpu", progress: bool = True,
+def train_sae(source, out_dir, p: SAEParams | dict | None = None, device: str = "cpu", progress: bool = True,
               stop_after_steps: int | None = None, _poison=None) -> dict:
-    """Train an SAE on the activation cache at `cache_dir`; writes to `out_dir`: `sae/` (SAELens inference format),
-    `checkpoints/` (resumable), `curves.csv`, `split.npz`. Resumes from the newest checkpoint when one exists.
+    """Train an SAE on `source`, an `ActivationStream` (or the path of an activation cache, split by text blocks into
+    training and held-out tokens). Early stopping watches the held-out MSE. Writes to `out_dir`: `sae/` (SAELens
+    inference format), `checkpoints/` (resumable: a rerun with the same stream resumes from the newest), `curves.csv`.
     `stop_after_steps` simulates an interruption (tests). Returns a summary dict."""
     from tqdm import tqdm
     import pandas as pd
-    cache = ActivationCache(cache_dir)
-    p = p if isinstance(p, SAEParams) else parse_sae_params(p or {}, cache.d)
-    parse_sae_params(asdict(p), cache.d)
+    p0 = p if isinstance(p, SAEParams) else parse_sae_params(p or {})
+    stream = source if isinstance(source, ActivationStream) else ActivationStream.from_cache(source, 0.2, p0.seed)
+    p = parse_sae_params(asdict(p0), stream.d)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     ck_root = out / "checkpoints"; ck_root.mkdir(exist_ok=True)
-    train_rows, val_rows = split_blocks(cache.index, p.val_frac, p.seed)
-    np.savez(out / "split.npz", train=train_rows, val=val_rows)
     steps = max(1, p.train_tokens // p.batch_size)
     ckpts = sorted(ck_root.glob("step_*[0-9]"), key=lambda q: int(q.name.split("_")[1]))
-    sae = build_training_sae(p, cache.d, device)
+    sae = build_training_sae(p, stream.d, device)
     state = {"best_val": float("inf"), "bad_evals": 0, "curve": []}
     start = 0
     if ckpts:
@@ -279,19 +422,19 @@ def train_sae(cache_dir, out_dir, p: SAEParams | dict | None = None, device: str
         sae.load_state_dict(get_sae_training_class(p.architecture)[0].load_from_disk(str(ckpts[-1]), device=device).state_dict())
         st = json.loads((ckpts[-1] / "sdlms_state.json").read_text())
         state.update(st); start = st["step"]
-    provider = CacheBatches(cache, train_rows, p.batch_size, p.seed, start_batch=start, poison=_poison)
+    provider = stream.batches(p.batch_size, p.seed, start=start, poison=_poison)
     trainer = _trainer(sae, p, provider, device)
-    if ckpts:
-        trainer.load_trainer_state(ckpts[-1])
-        provider.i = start
+    if ckpts: trainer.load_trainer_state(ckpts[-1])
     elif p.normalize:
-        trainer.activation_scaler.estimate_scaling_factor(d_in=cache.d, data_provider=CacheBatches(cache, train_rows, p.batch_size, p.seed + 1),
+        trainer.activation_scaler.estimate_scaling_factor(d_in=stream.d, data_provider=stream.batches(p.batch_size, p.seed + 1),
                                                           n_batches_for_norm_estimate=p.norm_batches)
     scale = trainer.activation_scaler.scaling_factor
+    if not ckpts and p.b_dec_init == "mean":
+        with torch.no_grad(): sae.b_dec.copy_(stream.mean() * (scale or 1.0))
     best_file = out / "best_state.pt"
     best = torch.load(best_file) if start and best_file.exists() else copy.deepcopy(sae.state_dict())
     stopped_early, t0 = False, time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc=f"SAE {p.architecture}", unit="step", disable=not progress, mininterval=2.0)
+    bar = tqdm(total=steps, initial=start, desc=f"SAE {p.architecture} k={p.k}", unit="step", disable=not progress, mininterval=2.0)
     step = start
     while step < steps:
         outp = trainer.step(next(provider))
@@ -300,20 +443,20 @@ def train_sae(cache_dir, out_dir, p: SAEParams | dict | None = None, device: str
             last = sorted(ck_root.glob("step_*[0-9]"), key=lambda q: int(q.name.split("_")[1]))
             raise TrainingError(f"non-finite SAE loss at step {step} ({outp.loss.item()}); "
                                 + (f"last good checkpoint kept at {last[-1]}" if last else "no checkpoint yet")
-                                + "; check the activation cache for NaN/inf and lower sae.lr")
+                                + "; check the activations for NaN/inf and lower sae.lr")
         trainer.n_training_steps += 1; step += 1; bar.update(1)
         row = {"step": step, "tokens": step * p.batch_size, "loss": float(outp.loss.detach()),
                **{f"train_{k}": float(v.detach()) for k, v in outp.losses.items()}}
         if step % p.eval_every == 0 or step == steps:
-            ev = evaluate(sae, cache, val_rows, scale)
-            row.update(val_mse=ev["mse"], val_explained_variance=ev["explained_variance"], val_l0=ev["l0"],
-                       val_dead_frac=float((ev["fire_counts"] == 0).mean()))
+            ev = evaluate(sae, stream.holdout, scale=scale)
+            row.update(holdout_mse=ev["mse"], holdout_explained_variance=ev["explained_variance"], holdout_l0=ev["l0"],
+                       holdout_dead_frac=float((ev["fire_counts"] == 0).mean()), holdout_tokens=ev["tokens"])
             if ev["mse"] < state["best_val"] - 1e-12:
                 state["best_val"], state["bad_evals"] = ev["mse"], 0
                 best = copy.deepcopy(sae.state_dict())
                 torch.save(best, best_file.with_suffix(".tmp")); os.replace(best_file.with_suffix(".tmp"), best_file)
             else: state["bad_evals"] += 1
-            bar.set_postfix(val_ev=f"{ev['explained_variance']:.3f}", l0=f"{ev['l0']:.1f}")
+            bar.set_postfix(holdout_ev=f"{ev['explained_variance']:.3f}", l0=f"{ev['l0']:.1f}")
         state["curve"].append(row)
         if p.checkpoint_every and step % p.checkpoint_every == 0 and step < steps:
             ck = _save_ckpt(trainer, ck_root, f"step_{step}")
@@ -324,32 +467,39 @@ def train_sae(cache_dir, out_dir, p: SAEParams | dict | None = None, device: str
         if p.patience and state["bad_evals"] >= p.patience:
             stopped_early = True; break
     bar.close()
-    sae.load_state_dict(best)   # early stopping: the weights of the best validation evaluation
+    secs = time.perf_counter() - t0
+    # dead in training: no firing in the last `window` training tokens (SAELens's per-latent steps since last fired)
+    win_steps = max(1, min(step, -(-p.dead_window_tokens // p.batch_size)))
+    dead_train = float((trainer.n_forward_passes_since_fired >= win_steps).float().mean())
+    sae.load_state_dict(best)   # early stopping: the weights of the best held-out evaluation
     if scale is not None:
         sae.fold_activation_norm_scaling_factor(scale); trainer.activation_scaler.scaling_factor = None
     trainer.set_final_sae_metadata()
     final = out / "sae"; tmp = out / "sae.partial"
     if tmp.exists(): shutil.rmtree(tmp)
     sae.save_inference_model(str(tmp))
-    if p.architecture in ("batchtopk", "matryoshka_batchtopk"): calibrate_threshold(tmp, cache, train_rows, p.k)
+    if p.architecture in ("batchtopk", "matryoshka_batchtopk"): calibrate_threshold(tmp, stream.train[:p.calibration_tokens], p.k)
     if final.exists(): shutil.rmtree(final)
     os.replace(tmp, final)
+    write_json(out / "sae_params.json", asdict(p))
     pd.DataFrame(state["curve"]).to_csv(out / "curves.csv", index=False)
-    return {"steps": step, "stopped_early": stopped_early, "train_s": round(time.perf_counter() - t0, 2),
-            "tokens_per_s": round((step - start) * p.batch_size / max(time.perf_counter() - t0, 1e-9), 1),
-            "best_val_mse": state["best_val"], "d_in": cache.d, "d_sae": dict_size(p, cache.d), "path": str(final)}
+    return {"steps": step, "stopped_early": stopped_early, "train_s": round(secs, 2),
+            "tokens_per_s": round((step - start) * p.batch_size / max(secs, 1e-9), 1),
+            "train_tokens": step * p.batch_size, "stream_tokens": stream.n_train, "epochs": round(step * p.batch_size / stream.n_train, 3),
+            "holdout_tokens": stream.n_holdout, "best_holdout_mse": state["best_val"],
+            "dead_frac_train": dead_train, "dead_train_tokens": win_steps * p.batch_size,
+            "d_in": stream.d, "d_sae": dict_size(p, stream.d), "path": str(final)}
 
 # %% ../nbs/11_sae.ipynb #89cf2263
 @torch.no_grad()
-def calibrate_threshold(sae_dir, cache: ActivationCache, rows, k: int, max_tokens: int = 8192):
-    "Set a saved JumpReLU SAE's threshold so that its mean L0 on `rows` of the cache is `k`; rewrites the weights."
+def calibrate_threshold(sae_dir, x_ND: torch.Tensor, k: int):
+    """Set a saved JumpReLU SAE's threshold so that its mean L0 on the activations `x_ND` (a training-stream sample, e.g.
+    `sae.calibration_tokens` of them) is `k`; rewrites the weights. Returns the threshold."""
     from safetensors.torch import load_file, save_file
     from sae_lens import SAE
     sae = SAE.load_from_disk(str(sae_dir), device="cpu")
-    rows = np.asarray(rows)[:max_tokens]
-    x = torch.cat(list(cache.iter_batches(4096, rows)))
-    pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
-    pre = pre.clamp_min(0).flatten()
+    x = x_ND.float()
+    pre = torch.cat([(sae.process_sae_in(b) @ sae.W_enc + sae.b_enc).clamp_min(0).flatten() for b in x.split(4096)])
     t = pre.topk(min(len(pre), k * len(x))).values[-1].item()
     wf = Path(sae_dir) / "sae_weights.safetensors"
     w = load_file(str(wf)); w["threshold"] = torch.full_like(w["threshold"], t); save_file(w, str(wf))
@@ -357,29 +507,63 @@ def calibrate_threshold(sae_dir, cache: ActivationCache, rows, k: int, max_token
 
 # %% ../nbs/11_sae.ipynb #2554d36c
 @torch.no_grad()
-def feature_stats(sae, cache: ActivationCache, rows, tasks: list, si_threshold: float = 0.5, ultra_low: float = 1e-4,
-                  seed: int = 0, batch: int = 4096) -> dict:
-    """Per-latent density, task rates and SI (with a block label-shuffle null) on cache `rows`.
-    A latent is *specialized* when its SI is at least `si_threshold` and above the null's 99th percentile."""
-    from sdlms.metrics import block_rates, specialization_index
-    ix = cache.index.set_index("token").loc[np.sort(np.asarray(rows))]
+def duplicate_latents(active_NF, W_dec_FD, cos_cut: float = 0.9, chunk: int = 1024) -> dict:
+    """Near-duplicate latents among the live ones (those active at least once in the boolean `active_NF`): a live latent
+    is duplicated when another live latent is active on exactly the same tokens (`same_pattern_F`) or when their decoder
+    directions have cosine above `cos_cut` (`decoder_F`). Returns the flags and the shares of live latents."""
+    act = np.asarray(active_NF, dtype=bool)
+    live = act.any(0)
+    cols = np.packbits(act.T, axis=1)
+    _, inv, cnt = np.unique(cols, axis=0, return_inverse=True, return_counts=True)
+    same = live & (cnt[np.asarray(inv).reshape(-1)] > 1)
+    close = np.zeros(len(live), dtype=bool)
+    li = np.flatnonzero(live)
+    W = torch.nn.functional.normalize(torch.as_tensor(W_dec_FD).float()[torch.as_tensor(li)], dim=1)
+    for i in range(0, len(li), chunk):
+        C = W[i:i + chunk] @ W.T
+        C[torch.arange(C.shape[0]), torch.arange(i, i + C.shape[0])] = -1          # not itself
+        close[li[i:i + chunk]] = (C.max(1).values > cos_cut).numpy()
+    dup = same | close
+    n_live = int(live.sum())
+    share = lambda m: float(m[live].mean()) if n_live else float("nan")
+    return {"duplicate_F": dup, "same_pattern_F": same, "decoder_F": close, "n_live": n_live,
+            "dup_frac": share(dup), "dup_same_pattern_frac": share(same), "dup_decoder_frac": share(close)}
+
+def distinct_inputs(cache: ActivationCache) -> int:
+    "Number of distinct activation vectors among the cache's tokens (a site whose input is a function of the token id has at most vocabulary-many)."
+    seen = set()
+    for k in range(len(cache.lengths)):
+        sh = np.ascontiguousarray(cache.shard(k))
+        seen.update(sh.view(np.dtype((np.void, sh.dtype.itemsize * sh.shape[1]))).ravel().tolist())
+    return len(seen)
+
+@torch.no_grad()
+def feature_stats(sae, cache: ActivationCache, tasks: list, p: SAEParams | None = None, n_null: int = 20, seed: int = 0,
+                  batch: int = 4096) -> dict:
+    """Per-latent activity of an SAE on every probe token of `cache`: density, dead and ultra-low-density shares (with the
+    tokens behind them: the smallest density they resolve is 1 / tokens), near-duplicate latents (`duplicate_latents`),
+    and per-task rates and SI from `sdlms.specialization.si_analysis`: the same routine, rows (all probe tokens, active
+    = feature > 0), null (`n_null` block label shuffles, `seed`) as the specialization stage, so the numbers agree."""
+    from sdlms.specialization import si_analysis
+    p = p or SAEParams()
+    ix = cache.index.sort_values("token")
     tmap = {t: k for k, t in enumerate(tasks)}
-    task_N = ix["task"].map(tmap).values
-    if np.isnan(task_N.astype(float)).any(): raise SdlmsError(f"cache has tasks outside {tasks}")
-    task_N = task_N.astype(np.int64); block_N = ix["block"].values
-    act = torch.cat([(recon(sae, x)[1] != 0) for x in cache.iter_batches(batch, rows)]).numpy()
+    unknown = sorted(set(ix.task) - set(tmap))
+    if unknown: raise SdlmsError(f"the cache holds tasks {unknown} that are not among {tasks}; capture and SAE stage must use the same params")
+    act = torch.cat([sae.encode(x) > 0 for x in cache.iter_batches(batch)]).numpy()
+    n = len(act)
+    blocks, first, inv = np.unique(ix.block.values, return_index=True, return_inverse=True)
+    counts = torch.zeros(len(blocks), act.shape[1]).index_add_(0, torch.as_tensor(inv), torch.from_numpy(act).float()).long().numpy()
+    tok_B = np.bincount(inv, minlength=len(blocks))
+    si = si_analysis(counts, tok_B, ix.task.map(tmap).values[first], tasks, n_null=n_null, n_boot=0, seed=seed)
     density = act.mean(0)
-    rates = block_rates(act, task_N, block_N, len(tasks))
-    null = block_rates(act, task_N, block_N, len(tasks), shuffle_seed=seed)
-    si, si_null = specialization_index(rates), specialization_index(null)
     live = density > 0
-    cut = max(si_threshold, float(np.nanpercentile(si_null[live], 99)) if live.any() else si_threshold)
-    return {"density": density, "rates_KD": rates, "si": si, "si_null": si_null, "live": live,
-            "dead_frac": float((~live).mean()), "ultra_low_frac": float(((density > 0) & (density < ultra_low)).mean()),
-            "si_mean": float(np.nanmean(si[live])) if live.any() else float("nan"),
-            "si_null_mean": float(np.nanmean(si_null[live])) if live.any() else float("nan"),
-            "specialized_frac": float((si[live] >= cut).mean()) if live.any() else float("nan"), "si_cut": cut,
-            "preferred_task": np.asarray(tasks)[np.nanargmax(np.where(np.isnan(rates), -1, rates), 0)]}
+    dup = duplicate_latents(act, sae.W_dec.detach(), p.dup_cos)
+    return {"density": density, "live": live, "tokens": n, "min_density": 1.0 / n,
+            "dead_frac": float((~live).mean()), "ultra_low_frac": float((live & (density < p.ultra_low_density)).mean()),
+            "rates_KD": si["rates_KU"], "si": si["si_U"], "si_null": si["si_null_U"],
+            "preferred_task": np.where(si["preferred_U"] >= 0, np.asarray(tasks, dtype=object)[np.maximum(si["preferred_U"], 0)], None),
+            **{k: v for k, v in dup.items()}}
 
 # %% ../nbs/11_sae.ipynb #458ab95b
 @torch.no_grad()
@@ -387,32 +571,79 @@ def spliced_losses(model, ids_BT, task_B, tasks, site_module, replacements: dict
     """Per-task mean next-token loss with the input of `site_module` replaced by each `replacements[name](a_ND)`
     (`None` = clean). Returns a DataFrame with columns variant, task, loss."""
     import pandas as pd
+    from sdlms.capture import site_replaced
     rows = []
     for name, fn in replacements.items():
-        h = None
-        if fn is not None:
-            h = site_module.register_forward_pre_hook(lambda m, inp, fn=fn: (fn(inp[0].reshape(-1, inp[0].shape[-1])).reshape(inp[0].shape).to(inp[0].dtype),))
-        try: tot, cnt = block_losses(model, ids_BT, task_B, len(tasks), batch_size)
-        finally:
-            if h is not None: h.remove()
+        with site_replaced(site_module, fn): tot, cnt = block_losses(model, ids_BT, task_B, len(tasks), batch_size)
         rows += [{"variant": name, "task": t, "loss": tot[k] / max(cnt[k], 1)} for k, t in enumerate(tasks)]
         rows.append({"variant": name, "task": "all", "loss": float(tot.sum() / max(cnt.sum(), 1))})
     return pd.DataFrame(rows)
 
-def loss_recovered(df, ablation: str = "zero") -> "pd.Series":
-    "Per task: (L_ablation - L_sae) / (L_ablation - L_clean) from a `spliced_losses` table."
+def loss_recovered(df, ablation: str = "zero", min_cost: float = 0.05) -> "pd.DataFrame":
+    """Per task, from a `spliced_losses` table: the ablation's cost `L_ablation - L_clean` (nats) and the loss recovered
+    by the SAE, `(L_ablation - L_sae) / cost`. Recovered is NaN, with the reason in `note`, where the cost is below
+    `min_cost`: the model barely uses the site there, and the ratio would divide noise by noise."""
+    import pandas as pd
     w = df.pivot(index="task", columns="variant", values="loss")
-    return (w[ablation] - w["sae"]) / (w[ablation] - w["clean"])
+    cost = w[ablation] - w["clean"]
+    ok = cost >= min_cost
+    note = pd.Series([""] * len(w), index=w.index, dtype=object)
+    note[~ok] = [f"{ablation}-ablation costs {c:.3g} nats < sae.min_ablation_cost {min_cost:g}: the model does not use this MLP"
+                 + ("" if t == "all" else f" on {t}") for t, c in cost[~ok].items()]
+    return pd.DataFrame({"cost": cost, "recovered": ((w[ablation] - w["sae"]) / cost).where(ok), "note": note})
 
-def val_blocks(cache: ActivationCache, val_rows, tasks):
-    "Token ids `(B, T)` and task index per block of the validation blocks, rebuilt from the cache index."
-    ix = cache.index.set_index("token").loc[np.sort(np.asarray(val_rows))].reset_index()
+def val_blocks(cache: ActivationCache, rows, tasks):
+    "Token ids `(B, T)` and task index per block of the cache's blocks that hold `rows`, rebuilt from the cache index."
+    ix = cache.index.set_index("token").loc[np.sort(np.asarray(rows))].reset_index()
     T = int(ix.position.max()) + 1
     ix = ix.sort_values(["block", "position"])
     B = ix.block.nunique()
     ids = ix.token_id.values.reshape(B, T)
     tmap = {t: k for k, t in enumerate(tasks)}
     return ids, ix.groupby("block").task.first().map(tmap).values.astype(np.int64)
+
+# %% ../nbs/11_sae.ipynb #e0b7d3f4
+def site_baselines(model, site_module, cache: ActivationCache, tasks: list, batch_size: int = 16) -> "pd.DataFrame":
+    "Per-task probe losses of the clean model and with the site zeroed or set to its probe mean: the references of loss recovered."
+    from sdlms.capture import constant_fn, zero_fn
+    ids, tb = val_blocks(cache, cache.index.token.values, tasks)
+    return spliced_losses(model, ids, tb, tasks, site_module, {"clean": None, "zero": zero_fn, "mean": constant_fn(cache.mean())},
+                          batch_size)
+
+def training_summary(r: dict, stream: "ActivationStream") -> dict:
+    "The training columns of `sae_metrics.csv` from a `train_sae` summary and its stream."
+    return {"train_data": stream.meta.get("train_data", ""), "stream_seed": stream.meta.get("stream_seed"),
+            "train_tokens": r["train_tokens"], "stream_tokens": r["stream_tokens"], "epochs": r["epochs"], "steps": r["steps"],
+            "early_stopping_on": f"held-out training-stream MSE ({r['holdout_tokens']} tokens)", "stopped_early": r["stopped_early"],
+            "train_tokens_per_s": r["tokens_per_s"], "train_s": r["train_s"],
+            "dead_frac_train": r["dead_frac_train"], "dead_train_tokens": r["dead_train_tokens"],
+            "dead_train_min_density": 1.0 / r["dead_train_tokens"]}
+
+def probe_eval(sae, cache: ActivationCache, model, site_module, tasks: list, p: SAEParams, baselines, n_null: int = 20,
+               seed: int = 0, batch_size: int = 16) -> dict:
+    """Evaluate a trained SAE on every probe token of `cache`: `row` (the evaluation columns of `sae_metrics.csv`),
+    `features` (per-latent table), `losses` (per-task spliced losses), `recovered` (per-task loss recovered with notes),
+    `rates_KD` (per-task firing rates). `baselines` comes from `site_baselines` (shared by the site's SAEs)."""
+    import pandas as pd
+    ev = evaluate(sae, cache)
+    fs = feature_stats(sae, cache, tasks, p, n_null, seed)
+    ids, tb = val_blocks(cache, cache.index.token.values, tasks)
+    L = pd.concat([baselines, spliced_losses(model, ids, tb, tasks, site_module, {"sae": lambda a: sae(a)}, batch_size)], ignore_index=True)
+    rz, rm = loss_recovered(L, "zero", p.min_ablation_cost), loss_recovered(L, "mean", p.min_ablation_cost)
+    w = L[L.task == "all"].set_index("variant").loss
+    row = {"eval_tokens": ev["tokens"], "explained_variance": ev["explained_variance"], "mse": ev["mse"], "l0": ev["l0"],
+           "live_latents": fs["n_live"], "dead_frac": fs["dead_frac"], "dead_tokens": fs["tokens"], "dead_min_density": fs["min_density"],
+           "ultra_low_frac": fs["ultra_low_frac"], "ultra_low_density": p.ultra_low_density,
+           "dup_frac": fs["dup_frac"], "dup_same_pattern_frac": fs["dup_same_pattern_frac"], "dup_decoder_frac": fs["dup_decoder_frac"],
+           "dup_cos": p.dup_cos, "loss_clean": w["clean"], "loss_sae": w["sae"], "loss_zero": w["zero"], "loss_mean": w["mean"],
+           "cost_zero": rz.cost["all"], "cost_mean": rm.cost["all"], "recovered_zero": rz.recovered["all"],
+           "recovered_mean": rm.recovered["all"], "recovered_note": "; ".join(n for n in (rz.note["all"], rm.note["all"]) if n),
+           "min_ablation_cost": p.min_ablation_cost}
+    feats = pd.DataFrame({"feature": np.arange(len(fs["density"])), "density": fs["density"], "si": fs["si"], "si_null": fs["si_null"],
+                          "preferred_task": fs["preferred_task"], "duplicate": fs["duplicate_F"], "same_pattern": fs["same_pattern_F"],
+                          "decoder_duplicate": fs["decoder_F"]})
+    rec = rz.add_suffix("_zero").join(rm.add_suffix("_mean")).reset_index()
+    return {"row": row, "features": feats, "losses": L, "recovered": rec, "rates_KD": fs["rates_KD"]}
 
 # %% ../nbs/11_sae.ipynb #f6d073e1
 @torch.no_grad()
@@ -424,25 +655,43 @@ def dictionary_recovery(W_dec_FD: torch.Tensor, true_GD: torch.Tensor, cos_cut: 
     return {"mcc": mean_correlation_coefficient(true_GD.float(), W_dec_FD.float()), "matched_frac": float((best > cos_cut).float().mean()),
             "mean_best_cos": float(best.mean())}
 
-def ground_truth_check(work_dir, params: dict | None = None, n_features: int = 64, d_in: int = 32, firing_prob: float = 0.04,
-                       n_tokens: int = 40_960, seed: int = 0, progress: bool = False) -> dict:
-    "Train an SAE on synthetic activations with a known dictionary; recovery of the trained SAE and of a random-init one."
-    from sae_lens import SAE
+def synthetic_stream(n_features: int = 64, d_in: int = 32, firing_prob: float = 0.04, n_train: int = 163_840,
+                     n_holdout: int = 4096, seed: int = 0) -> tuple:
+    "An `ActivationStream` of SAELens synthetic activations (sparse combinations of a known dictionary) and the dictionary `(G, d_in)`."
     from sae_lens.synthetic import ActivationGenerator, FeatureDictionary
-    work = Path(work_dir); work.mkdir(parents=True, exist_ok=True)
     fd = FeatureDictionary(n_features, d_in, initializer=None, seed=seed)
     gen = ActivationGenerator(n_features, firing_probabilities=firing_prob, std_firing_magnitudes=0.1, mean_firing_magnitudes=1.0)
     torch.manual_seed(seed)
-    X = fd(gen.sample(n_tokens)).detach()
-    cdir = work / "cache" / "L0"
-    if not cdir.exists(): write_array_cache(cdir, X, block_size=64, n_tasks=2)
+    X = torch.cat([fd(gen.sample(min(65536, n_train + n_holdout - i))).detach() for i in range(0, n_train + n_holdout, 65536)])
+    return ActivationStream(X[:n_train].half(), X[n_train:].half(), {"train_data": "SAELens synthetic activations"}), fd.feature_vectors.detach()
+
+def mlp_like_stream(n_train: int = 32_768, n_holdout: int = 8192, vocab: int = 512, d_model: int = 128, d_mlp: int = 512,
+                    noise: float = 0.5, zipf: float = 1.1, seed: int = 0) -> ActivationStream:
+    """An `ActivationStream` of MLP-like activations with no known dictionary: GELU of a random projection of
+    Zipf-distributed token embeddings plus context noise (token-dominated, skewed, correlated units, like an early
+    MLP layer). Tests use it to see degenerate (collapsed, duplicated) latents."""
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(vocab, d_model, generator=g)
+    W = torch.randn(d_model, d_mlp, generator=g) / d_model ** 0.5
+    pz = 1 / torch.arange(1, vocab + 1).float() ** zipf
+    t = torch.multinomial(pz / pz.sum(), n_train + n_holdout, replacement=True, generator=g)
+    X = torch.nn.functional.gelu((E[t] + noise * torch.randn(len(t), d_model, generator=g)) @ W - 0.5)
+    return ActivationStream(X[:n_train].half(), X[n_train:].half(), {"train_data": "MLP-like synthetic activations"})
+
+def ground_truth_check(work_dir, params: dict | None = None, n_features: int = 64, d_in: int = 32, firing_prob: float = 0.04,
+                       n_tokens: int = 163_840, seed: int = 0, progress: bool = False) -> dict:
+    """Train an SAE on synthetic activations with a known dictionary (one pass over `n_tokens` fresh tokens); recovery
+    of the trained SAE and of a random-init one, held-out explained variance, and near-duplicate latents."""
+    from sae_lens import SAE
+    stream, true = synthetic_stream(n_features, d_in, firing_prob, n_tokens, 4096, seed)
     p = parse_sae_params({"k": max(1, round(firing_prob * n_features)), "expansion": 2, "batch_size": 512,
-                          "train_tokens": n_tokens * 4, "eval_every": 20, "patience": 0, "checkpoint_every": 0, "lr": 3e-3,
+                          "train_tokens": n_tokens, "eval_every": 20, "patience": 0, "checkpoint_every": 0, "lr": 3e-3,
                           "seed": seed, **(params or {})}, d_in)
-    r = train_sae(cdir, work / "sae_run", p, progress=progress)
+    r = train_sae(stream, Path(work_dir) / "sae_run", p, progress=progress)
     sae = SAE.load_from_disk(r["path"])
-    true = fd.feature_vectors.detach()
     rand = build_training_sae(p, d_in)
+    act = torch.cat([sae.encode(x) > 0 for x in _batches(stream.holdout)]).numpy()
     return {"trained": dictionary_recovery(sae.W_dec, true), "random_init": dictionary_recovery(rand.W_dec, true),
-            "explained_variance": evaluate(sae, ActivationCache(cdir), np.load(work / "sae_run" / "split.npz")["val"])["explained_variance"],
+            "explained_variance": evaluate(sae, stream.holdout)["explained_variance"],
+            "duplicates": {k: v for k, v in duplicate_latents(act, sae.W_dec.detach(), p.dup_cos).items() if not k.endswith("_F")},
             "n_features": n_features, "d_in": d_in, "d_sae": dict_size(p, d_in), "k": p.k}
