@@ -36,8 +36,6 @@ class CaptureConfig:
     pr_max_tokens: int = F(65536, (int,), "cap on PR / top-k-mass tokens per layer")
     topk_fracs: list = F([0.1, 0.3, 0.5], (list,), "unit fractions for the top-k L1-mass magnitude view")
     init_twin: bool = F(True, (bool,), "also measure the random-init twin of every model (the baseline)")
-    min_mlp_cost: float = F(0.05, (int, float), "a site counts as used when zeroing its MLP units costs at least this many nats on "
-                            "the probe mix; below it the report marks the site unused and SAE loss recovered is NaN")
     importance_blocks_per_task: int = F(0, (int,), "probe blocks per task on which site importance (probe-loss increase when a "
                                         "site's MLP units are zeroed / mean-ablated) is measured; 0: all probe blocks")
 
@@ -217,7 +215,6 @@ def validate(p: RunParams, errors: list | None = None) -> list:
     if not 0 < c.pr_token_rate <= 1: errors.append(f"capture.pr_token_rate: must be in (0, 1], got {c.pr_token_rate}")
     if c.pr_max_tokens < 2: errors.append(f"capture.pr_max_tokens: must be >= 2, got {c.pr_max_tokens}")
     if c.shard_tokens < 1: errors.append(f"capture.shard_tokens: must be >= 1, got {c.shard_tokens}")
-    if c.min_mlp_cost < 0: errors.append(f"capture.min_mlp_cost: must be >= 0 nats, got {c.min_mlp_cost}")
     if c.importance_blocks_per_task < 0: errors.append(f"capture.importance_blocks_per_task: must be >= 0 (0: all), got {c.importance_blocks_per_task}")
     if not c.topk_fracs or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in c.topk_fracs):
         errors.append(f"capture.topk_fracs: a non-empty list of fractions in (0, 1], got {c.topk_fracs}")
@@ -318,5 +315,10 @@ def load_params(path) -> RunParams:
     return parse_params(d)
 
 def params_dict(p: RunParams) -> dict:
-    "The merged parameters as plain data (what a run saves as params.yaml)."
-    return asdict(p)
+    """The merged parameters as plain data (what a run saves as params.yaml and hashes): the `sae` section with every
+    SAE default filled in, so a default that changes results changes the config hash too."""
+    d = asdict(p)
+    if p.sae:
+        from sdlms.sae import SAEParams
+        d["sae"] = {**asdict(SAEParams()), **p.sae}
+    return d

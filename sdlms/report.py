@@ -57,12 +57,14 @@ IMPORTANCE_COLS = ["model", "layer", "mlp_zero_cost", "init_mlp_zero_cost", "mlp
 
 def importance_summary(run_dir, min_cost: float | None = None):
     """Site importance per model and layer from the run's `sparsity.csv` (None when the run has none), with `used`:
-    whether zeroing the site's MLP units costs at least `min_cost` nats (default: the run's `capture.min_mlp_cost`)."""
+    whether zeroing the site's MLP units costs at least `min_cost` nats (default: the run's `sae.min_ablation_cost`, the
+    threshold below which SAE loss recovered is not reported either)."""
     df = _csv_summary(run_dir, "sparsity.csv", IMPORTANCE_COLS, 3)
     if df is None or "mlp_zero_cost" not in df: return None
     if min_cost is None:
         p = yaml.safe_load((Path(run_dir) / "params.yaml").read_text()) if (Path(run_dir) / "params.yaml").exists() else {}
-        min_cost = ((p or {}).get("capture") or {}).get("min_mlp_cost", 0.05)
+        from sdlms.sae import SAEParams
+        min_cost = ((p or {}).get("sae") or {}).get("min_ablation_cost", SAEParams().min_ablation_cost)
     df["used"] = (df.mlp_zero_cost >= min_cost).map({True: "yes", False: f"no (< {min_cost} nats)"})
     return df
 
