@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .core import SdlmsError
-from .capture import ActivationCache
+from .capture import ActivationCache, site_replaced
 
 # %% auto #0
 __all__ = ['site_activations', 'top_features_for_text', 'top_contexts', 'context_html', 'feature_browser', 'steer_fn', 'steer',
@@ -131,9 +131,7 @@ def steer_fn(sae, edits: dict, mode: str = "scale"):
 def steer(site_module, sae, edits: dict, mode: str = "scale"):
     "Context manager: forward passes inside it run with the features edited at `site_module`'s input."
     fn = steer_fn(sae, edits, mode)
-    h = site_module.register_forward_pre_hook(lambda m, inp: (fn(inp[0].reshape(-1, inp[0].shape[-1])).reshape(inp[0].shape),))
-    try: yield fn
-    finally: h.remove()
+    with site_replaced(site_module, fn): yield fn
 
 @torch.no_grad()
 def generate(model, tok, prompt: str, max_new_tokens: int = 20) -> str:
