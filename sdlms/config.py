@@ -15,8 +15,8 @@ from .data import GENERATORS, load_manifest
 from .suite import SIZES, SuiteConfig, model_name
 
 # %% auto #0
-__all__ = ['REMOVED_KEYS', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'RunParams', 'describe', 'model_facts',
-           'check_models', 'validate', 'sae_grid', 'parse_params', 'load_params', 'params_dict']
+__all__ = ['OVERRIDE_KEYS', 'REMOVED_KEYS', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'RunParams', 'describe',
+           'model_facts', 'check_models', 'validate', 'sae_grid', 'parse_params', 'load_params', 'params_dict']
 
 # %% ../nbs/05_config.ipynb #c669cdf6
 def F(default, types, help: str, choices=None):
@@ -86,6 +86,17 @@ class SpecParams:
     n_controls: int = F(3, (int,), "random same-size unit sets per ablation (seeded)")
     ablation_blocks_per_task: int = F(8, (int,), "probe blocks per task on which ablation losses are measured")
 
+OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "capture", "sae", "specialization")
+
+def _merged(d: dict, o: dict) -> dict:
+    "Plain params `d` with one model's overrides `o` merged in (sections key by key); no overrides left in the result."
+    d = copy.deepcopy(d); d["overrides"] = {}
+    for k, v in o.items():
+        if k in ("capture", "specialization") and isinstance(v, dict): d[k] = {**d[k], **v}
+        elif k == "sae" and isinstance(v, dict) and d.get("sae"): d[k] = {**d["sae"], **v}
+        else: d[k] = copy.deepcopy(v)
+    return d
+
 @dataclass
 class RunParams:
     "A run: which models, layers and probe tasks, and how to capture."
@@ -106,6 +117,17 @@ class RunParams:
     suite: SuiteParams = field(default_factory=SuiteParams, metadata={"help": "offline micro-suite settings"})
     capture: CaptureConfig = field(default_factory=CaptureConfig, metadata={"help": "capture + sparsity stage settings"})
     specialization: SpecParams = field(default_factory=SpecParams, metadata={"help": "specialization (SI), modularity (Q) and ablation stage settings"})
+    overrides: dict = F({}, (dict,), "per-model settings, {model: {key: value}}: a model of `models` gets its own " +
+                        ", ".join(OVERRIDE_KEYS) + " (capture, sae and specialization merged key by key over the run's)")
+
+    def for_model(self, model: str) -> "RunParams":
+        "The params as they apply to `model`: the run's settings with `overrides[model]` merged in."
+        o = (self.overrides or {}).get(model)
+        if not o: return self
+        errors = []
+        q = _build(RunParams, _merged(asdict(self), o), "", errors)
+        if errors: raise SdlmsError(f"overrides.{model}: " + "; ".join(errors))
+        return q
 
     def suite_config(self) -> SuiteConfig:
         "The `SuiteConfig` for `sdlms.suite.build_suite`: the sizes named in `models`, so the two cannot disagree."
@@ -195,7 +217,7 @@ def check_models(p: RunParams) -> dict:
     block_size and SAE sizes against it. One `SdlmsError` lists every problem; returns `{model: facts}`."""
     errors, out = [], {}
     for m in p.models:
-        f = _check_model(m, p, errors, hub=True)
+        f = _check_model(m, p.for_model(m), errors, hub=True)
         if f is not None: out[m] = f
     if errors:
         raise SdlmsError("the params do not fit the models:\n" + "\n".join(f"  - {e}" for e in dict.fromkeys(errors)))
@@ -249,21 +271,41 @@ def validate(p: RunParams, errors: list | None = None) -> list:
     # models and layers
     if not p.models: errors.append("models: give at least one model")
     valid_micro = [model_name(z) for z in SIZES]
+    from sdlms.models import PACKAGED_MODELS
     for m in p.models:
         if not isinstance(m, str): errors.append(f"models: {m!r} is not a string"); continue
-        if m.startswith("micro-"):
+        if m in PACKAGED_MODELS: pass
+        elif m.startswith("micro-"):
             if m[6:] not in SIZES: errors.append(f"models: unknown micro-suite model {m!r}; valid: {', '.join(valid_micro)}"); continue
         elif (Path(m).expanduser() / "config.json").exists():
             mt = json.loads((Path(m).expanduser() / "config.json").read_text()).get("model_type")
             if mt not in SITE_REGISTRY:
                 errors.append(f"models: {m!r} has unsupported architecture {mt!r}; supported: {', '.join(sorted(SITE_REGISTRY))}"); continue
         elif not _HUB_ID.match(m):
-            errors.append(f"models: {m!r} is not a micro-suite name ({', '.join(valid_micro)}), a local folder with "
-                          f"config.json, or a hub id like 'EleutherAI/pythia-70m-deduped'"); continue
-        _check_model(m, p, errors, hub=False)
+            errors.append(f"models: {m!r} is not a micro-suite name ({', '.join(valid_micro)}), a packaged model "
+                          f"({', '.join(PACKAGED_MODELS)}), a local folder with config.json, or a hub id like "
+                          f"'EleutherAI/pythia-70m-deduped'"); continue
+        if m not in (p.overrides or {}): _check_model(m, p, errors, hub=False)   # else checked with its overrides below
     if isinstance(p.layers, str) and p.layers != "all": errors.append(f"layers: the only string allowed is 'all', got {p.layers!r}")
     if len(set(p.models)) != len(p.models): errors.append(f"models: duplicates in {p.models}")
+    _validate_overrides(p, errors)
     return errors
+
+def _validate_overrides(p: RunParams, errors: list):
+    "Check `overrides`: known models and keys, and each model's merged params as a run of that model alone."
+    for m, o in (p.overrides or {}).items():
+        if m not in p.models:
+            errors.append(f"overrides: {m!r} is not one of the run's models ({', '.join(map(str, p.models))}); add it to `models` or "
+                          "drop its overrides"); continue
+        if not isinstance(o, dict): errors.append(f"overrides.{m}: expected a mapping of settings, got {type(o).__name__}"); continue
+        bad = [k for k in o if k not in OVERRIDE_KEYS]
+        if bad:
+            errors.append(f"overrides.{m}: {', '.join(map(repr, bad))} cannot be set per model; per-model keys: {', '.join(OVERRIDE_KEYS)}")
+            continue
+        sub = []
+        q = _build(RunParams, {**_merged(asdict(p), o), "models": [m]}, "", sub)
+        if not sub: validate(q, sub); _validate_sae(q, sub)
+        errors += [f"overrides.{m}: {e}" for e in sub]
 
 def sae_grid(d: dict | None) -> list:
     "Expand an `sae` section whose `k` and/or `expansion` are lists into one dict per grid point (k x expansion)."

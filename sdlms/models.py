@@ -152,7 +152,7 @@ def packaged_model_dir(name: str, log=print) -> Path:
     t0 = time.perf_counter()
     log(f"converting the packaged {name} ({info['gguf']}, {info['quant']}) to a float32 model folder in {out.parent} (once)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)); os.chmod(tmp, 0o755)
     try:
         verbosity = tlog.get_verbosity(); tlog.set_verbosity_error()
         try:

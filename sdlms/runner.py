@@ -51,12 +51,12 @@ def plan(p: RunParams, run_dir=None) -> list:
     jobs = []
     for s in STAGES:
         if s.key == "suite" and not p.micro_sizes(): continue
-        if s.key in ("sae", "sae_summary") and not p.sae: continue
-        if s.key == "specialization" and not p.specialization.enabled: continue
+        site_models = [m for m in p.models if (p.for_model(m).sae if s.key == "sae" else p.for_model(m).specialization.enabled)]
+        if s.key == "sae_summary" and not any(p.for_model(m).sae for m in p.models): continue
         if s.per == "run": jobs.append((s, None, s.key, {}))
         elif s.per == "model": jobs += [(s, m, f"{s.key}/{slug(m)}", {}) for m in p.models]
         elif run_dir is not None:
-            for m in p.models:
+            for m in site_models:
                 caches = sorted((Path(run_dir) / "capture" / slug(m) / "cache").glob("L*[0-9]"), key=lambda q: int(q.name[1:]))
                 jobs += [(s, m, f"{s.key}/{slug(m)}/{c.name}", {"layer": int(c.name[1:])}) for c in caches]
     return jobs
@@ -255,8 +255,9 @@ class StageContext:
         write_json(self.out_dir / "meta.json", {"config_hash": hash_json(params_dict(self.params)), "seed": self.params.seed,
                                                 "versions": package_versions(), "stage_seconds": round(time.perf_counter() - self.t0, 2), **kw})
 
-def stage_context(run_dir: str = "", out_dir: str = "", params_file: str = "", name: str = "stage") -> StageContext:
-    "Resolve params and folders for a stage notebook; also sets one torch thread and the plotly renderer."
+def stage_context(run_dir: str = "", out_dir: str = "", params_file: str = "", name: str = "stage", model: str = "") -> StageContext:
+    """Resolve params and folders for a stage notebook (the params as they apply to `model` when given: its
+    `overrides` merged in); also sets one torch thread and the plotly renderer."""
     from sdlms.core import set_threads
     from sdlms.viz import setup_plotly
     from transformers.utils import logging as tlog
@@ -269,6 +270,7 @@ def stage_context(run_dir: str = "", out_dir: str = "", params_file: str = "", n
         run_dir = artifacts_root() / "_scratch"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "params.yaml").write_text(yaml.safe_dump(params_dict(p), sort_keys=False))
+    if model: p = p.for_model(model)
     out = Path(out_dir) if out_dir else run_dir / name
     out.mkdir(parents=True, exist_ok=True)
     return StageContext(p, run_dir, out, time.perf_counter())
@@ -285,7 +287,8 @@ def resolve_model(ctx: StageContext, model: str) -> dict:
         if model not in models:
             raise SdlmsError(f"{model} is not in this run's suite ({', '.join(models)}); add it to `models`")
         return {"path": models[model]["path"], "init_path": models[model]["init_path"]}
-    return {"path": model, "init_path": None}
+    from sdlms.models import resolve_spec
+    return {"path": resolve_spec(model), "init_path": None}
 
 # %% ../nbs/08_runner.ipynb #60653892
 def compare(runs: list, name: str = "compare", report: bool = True, log=print) -> Path:
