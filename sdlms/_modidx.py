@@ -109,6 +109,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'sdlms.metrics.LayerStats': ('metrics.html#layerstats', 'sdlms/metrics.py'),
                                'sdlms.metrics.LayerStats.__init__': ('metrics.html#layerstats.__init__', 'sdlms/metrics.py'),
                                'sdlms.metrics.LayerStats._flush': ('metrics.html#layerstats._flush', 'sdlms/metrics.py'),
+                               'sdlms.metrics.LayerStats._share_below': ('metrics.html#layerstats._share_below', 'sdlms/metrics.py'),
                                'sdlms.metrics.LayerStats.result': ('metrics.html#layerstats.result', 'sdlms/metrics.py'),
                                'sdlms.metrics.LayerStats.update': ('metrics.html#layerstats.update', 'sdlms/metrics.py'),
                                'sdlms.metrics.LayerStats.update_heavy': ('metrics.html#layerstats.update_heavy', 'sdlms/metrics.py'),

@@ -59,9 +59,14 @@ def topk_mass(a_ND: torch.Tensor, fracs) -> torch.Tensor:
 # %% ../nbs/04_metrics.ipynb #785abd68
 class LayerStats:
     """Streaming statistics of one site. `update(a_ND, task_N, heavy_mask_N, block)` per batch, or
-    `update_heavy(a_ND)` for rows read back later; `result()` at the end. Memory is O(d^2 + K d)."""
-    def __init__(self, d: int, n_tasks: int, topk_fracs=(0.1, 0.3, 0.5)):
-        self.d, self.K, self.fracs = d, n_tasks, tuple(topk_fracs)
+    `update_heavy(a_ND)` for rows read back later; `result()` at the end. Memory is O(d^2 + K d).
+    `rms_fracs`: the near-zero magnitude view `below<f>_rms`, the share of entries with |a| < f * RMS of the layer (all
+    tokens; from a histogram of log2|a| with `hist_bins` bins per octave, so the cut is exact to 1 / hist_bins octave)."""
+    HIST_LO, HIST_HI = -48, 32     # log2 range of the |a| histogram; |a| outside is clamped into the end bins
+
+    def __init__(self, d: int, n_tasks: int, topk_fracs=(0.1, 0.3, 0.5), rms_fracs=(0.1, 0.5), hist_bins: int = 64):
+        self.d, self.K, self.fracs, self.rms_fracs, self.hist_bins = d, n_tasks, tuple(topk_fracs), tuple(rms_fracs), hist_bins
+        self.hist = torch.zeros((self.HIST_HI - self.HIST_LO) * hist_bins, dtype=torch.float64)
         self.n = 0
         self.s2 = 0.0
         self.mass = torch.zeros(len(self.fracs), dtype=torch.float64); self.n_mass = 0
@@ -90,6 +95,10 @@ class LayerStats:
         self.tokens_K += torch.bincount(task_N, minlength=self.K).double()
         self.s2 += float(torch.dot(a.reshape(-1), a.reshape(-1)))
         self.n += a.shape[0]
+        if self.rms_fracs:
+            lg = a.abs().reshape(-1).clamp_min(2.0 ** self.HIST_LO).log2_()
+            self.hist += torch.histc(lg.clamp_(self.HIST_LO, self.HIST_HI - 1e-3), bins=len(self.hist),
+                                     min=self.HIST_LO, max=self.HIST_HI).double()
         if heavy_mask_N is not None and bool(heavy_mask_N.any()): self.update_heavy(a[heavy_mask_N])
 
     def update_heavy(self, a_ND: torch.Tensor):
@@ -115,6 +124,8 @@ class LayerStats:
                "act_std": float(np.sqrt(max(self.s2 / ne - (s1 / ne) ** 2, 0))) if ne else float("nan")}
         for f, m in zip(self.fracs, (self.mass / max(self.n_mass, 1)).tolist()):
             out[f"top{int(round(100 * f))}_mass"] = m if self.n_mass else float("nan")
+        rms = float(np.sqrt(self.s2 / ne)) if ne else float("nan")
+        for f in self.rms_fracs: out[f"below{int(round(100 * f))}_rms"] = self._share_below(f * rms) if ne else float("nan")
         pr = self.cov.pr() if self.cov.n >= 2 else float("nan")
         out.update(pr=pr, pr_over_d=pr / self.d, pr_tokens=self.cov.n)
         t = self.tokens_K.clamp_min(1)[:, None]
@@ -122,6 +133,16 @@ class LayerStats:
         out["mean_KD"] = (self.sum_KD / t).numpy()
         out["tokens_K"] = self.tokens_K.numpy().astype(np.int64)
         return out
+
+    def _share_below(self, x: float) -> float:
+        "Share of entries with |a| < x, from the log2 histogram (linear within the bin that holds x)."
+        if not x > 0: return 0.0
+        pos = (np.log2(x) - self.HIST_LO) * self.hist_bins
+        if pos <= 0: return 0.0
+        h = self.hist.numpy(); tot = h.sum()
+        i = int(min(pos, len(h)))
+        below = h[:i].sum() + (h[i] * (pos - i) if i < len(h) else 0.0)
+        return float(below / tot)
 
 # %% ../nbs/04_metrics.ipynb #b00ee965
 def specialization_index(rates_KD) -> np.ndarray:
