@@ -35,6 +35,8 @@ class CaptureConfig:
     pr_token_rate: float = F(1.0, (int, float), "share of tokens (seeded subsample) entering PR and top-k mass")
     pr_max_tokens: int = F(65536, (int,), "cap on PR / top-k-mass tokens per layer")
     topk_fracs: list = F([0.1, 0.3, 0.5], (list,), "unit fractions for the top-k L1-mass magnitude view")
+    rms_fracs: list = F([0.1, 0.5], (list,), "near-zero magnitude view: share of |a| below each of these fractions of the "
+                        "layer's RMS (columns below<f>_rms)")
     init_twin: bool = F(True, (bool,), "also measure the random-init twin of every model (the baseline)")
     importance_blocks_per_task: int = F(0, (int,), "probe blocks per task on which site importance (probe-loss increase when a "
                                         "site's MLP units are zeroed / mean-ablated) is measured; 0: all probe blocks")
@@ -189,7 +191,8 @@ def model_facts(model: str, p: RunParams | None = None, hub: bool = True) -> dic
         cfg = neox_config(model[len("micro-"):], s.vocab_size, s.seq_len, s.rotary_pct)
     elif hub or (Path(model).expanduser() / "config.json").exists(): cfg = load_config(model)
     else: return None
-    return {"model_type": cfg.model_type, "n_layers": n_layers_of(cfg), "d_mlp": d_mlp_of(cfg),
+    from sdlms.models import is_gated
+    return {"model_type": cfg.model_type, "n_layers": n_layers_of(cfg), "d_mlp": d_mlp_of(cfg), "gated": is_gated(cfg),
             "max_positions": getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)}
 
 def _check_model(m: str, p: RunParams, errors: list, hub: bool):
@@ -200,6 +203,9 @@ def _check_model(m: str, p: RunParams, errors: list, hub: bool):
     if f is None: return None
     try: select_layers(p.layers, f["n_layers"])
     except SdlmsError as e: errors.append(f"layers for {m}: {e}")
+    if f["gated"] and p.specialization.enabled and p.specialization.active == "gt0":
+        errors.append(f"specialization.active 'gt0' for {m}: its MLP is gated ({f['model_type']}), so its site is sign-symmetric and "
+                      "'> 0' holds for half of all entries whatever the unit does; use specialization.active: topq")
     if f["max_positions"] and p.block_size > f["max_positions"]:
         errors.append(f"block_size ({p.block_size}) is longer than the context of {m} ({f['max_positions']} positions); lower block_size")
     if p.sae:
@@ -238,6 +244,8 @@ def validate(p: RunParams, errors: list | None = None) -> list:
     if c.pr_max_tokens < 2: errors.append(f"capture.pr_max_tokens: must be >= 2, got {c.pr_max_tokens}")
     if c.shard_tokens < 1: errors.append(f"capture.shard_tokens: must be >= 1, got {c.shard_tokens}")
     if c.importance_blocks_per_task < 0: errors.append(f"capture.importance_blocks_per_task: must be >= 0 (0: all), got {c.importance_blocks_per_task}")
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in c.rms_fracs):
+        errors.append(f"capture.rms_fracs: a list of positive fractions of the layer's RMS, got {c.rms_fracs}")
     if not c.topk_fracs or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in c.topk_fracs):
         errors.append(f"capture.topk_fracs: a non-empty list of fractions in (0, 1], got {c.topk_fracs}")
     sp = p.specialization

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #71416f47
 from __future__ import annotations
-import json, os, random, socket
+import hashlib, json, os, random, socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +13,10 @@ import numpy as np
 from .core import SdlmsError, repo_root, sha256_bytes
 
 # %% auto #0
-__all__ = ['GENERATORS', 'SPLITS', 'fact_table', 'item_split', 'generate_items', 'train_tokenizer', 'corpus_texts', 'TaskSpec',
-           'default_manifest', 'load_manifest', 'hub_reachable', 'load_dataset_items', 'ProbeBlocks', 'task_items',
-           'probe_blocks']
+__all__ = ['GENERATORS', 'SPLITS', 'LOCAL_SOURCES', 'BUILTIN', 'fact_table', 'item_split', 'generate_items', 'train_tokenizer',
+           'corpus_texts', 'TaskSpec', 'default_manifest', 'load_manifest', 'hub_reachable', 'load_dataset_items',
+           'code_chunks', 'chat_text', 'LocalSource', 'local_source_file', 'ProbeBlocks', 'hash_split', 'task_items',
+           'probe_blocks', 'train_blocks']
 
 # %% ../nbs/01_data.ipynb #32b88f2e
 _NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "James", "Emma", "David", "Laura", "Peter",
@@ -170,7 +171,7 @@ class TaskSpec:
     kind: str = "generated"   # `generated` (offline generator) or `dataset` (loaded with `datasets`)
     domain: str = ""          # free-form label (math, code, prose, ...)
     description: str = ""     # one line for the report
-    path: str | None = None   # dataset: hub id or local file/folder (json, jsonl, csv, parquet, txt)
+    path: str | None = None   # dataset: hub id, local file/folder (json, jsonl, csv, parquet, txt) or `builtin:<source>`
     config: str | None = None # dataset: configuration name
     split: str = "test"       # dataset: split to read
     template: str = "{text}"  # dataset: how a row becomes text (`str.format` over the row's fields)
@@ -195,6 +196,9 @@ def load_manifest(path=None) -> dict:
             raise SdlmsError(f"{path}:{i}: no generator named {spec.name!r}; generators: {', '.join(GENERATORS)}")
         if spec.kind == "dataset" and not spec.path:
             raise SdlmsError(f"{path}:{i}: dataset task {spec.name!r} needs a `path` (hub id or local file)")
+        if spec.kind == "dataset" and spec.path.startswith(BUILTIN) and spec.path[len(BUILTIN):] not in LOCAL_SOURCES:
+            raise SdlmsError(f"{path}:{i}: task {spec.name!r}: unknown built-in source {spec.path!r}; built-in sources: "
+                             f"{', '.join(BUILTIN + k for k in LOCAL_SOURCES)}")
         if spec.kind not in ("generated", "dataset"):
             raise SdlmsError(f"{path}:{i}: kind must be 'generated' or 'dataset', not {spec.kind!r}")
         out[spec.name] = spec
@@ -219,10 +223,14 @@ def _row_text(row: dict, template: str) -> str:
     try: return template.format(**r)
     except KeyError as e: raise SdlmsError(f"template {template!r} names field {e} but rows have {sorted(row)}") from None
 
-def load_dataset_items(spec: TaskSpec, seed: int = 0, max_items: int | None = None) -> list:
-    "Texts of a dataset-backed task, shuffled deterministically by `seed`."
+def load_dataset_items(spec: TaskSpec, seed: int = 0, max_items: int | None = None, split: str | None = None) -> list:
+    """Texts of a dataset-backed task, shuffled deterministically by `seed`: every row of its dataset split, or with
+    `split` ('train' / 'probe') only the rows whose text `item_split` assigns to it (then at most `max_items` of those)."""
     import datasets
-    p = Path(spec.path).expanduser()
+    from sdlms.core import cache_dir
+    if split is not None and split not in SPLITS: raise SdlmsError(f"unknown split {split!r}; use one of {SPLITS}")
+    builtin = spec.path.startswith(BUILTIN)
+    p = local_source_file(spec.path[len(BUILTIN):]) if builtin else Path(spec.path).expanduser()
     if not p.is_absolute() and not p.exists() and (repo_root() / p).exists(): p = repo_root() / p
     try:
         if p.exists():
@@ -230,7 +238,8 @@ def load_dataset_items(spec: TaskSpec, seed: int = 0, max_items: int | None = No
             else:
                 b = _BUILDERS.get(p.suffix.lower())
                 if b is None: raise SdlmsError(f"task {spec.name!r}: unsupported file type {p.suffix!r}; use one of {sorted(_BUILDERS)}")
-                ds = datasets.load_dataset(b, data_files=str(p), split="train")
+                ds = datasets.load_dataset(b, data_files=str(p), split="train",    # built-in: arrow cache next to the file
+                                           cache_dir=str(p.parent / "hf") if builtin else None)
             if isinstance(ds, datasets.DatasetDict): ds = ds[spec.split] if spec.split in ds else next(iter(ds.values()))
         else:
             if not hub_reachable():
@@ -247,8 +256,160 @@ def load_dataset_items(spec: TaskSpec, seed: int = 0, max_items: int | None = No
     except Exception as e:
         raise SdlmsError(f"task {spec.name!r}: could not read {p} ({type(e).__name__}: {str(e)[:200]})") from None
     idx = np.random.default_rng(seed).permutation(len(ds))
-    if max_items: idx = idx[:max_items]
-    return [_row_text(ds[int(i)], spec.template) for i in idx]
+    if max_items and split is None: idx = idx[:max_items]
+    texts = [_row_text(r, spec.template) for r in ds.select(idx).to_list()]
+    if split is not None:
+        texts = [t for t in texts if item_split(t) == split]
+        if max_items: texts = texts[:max_items]
+    return texts
+
+
+# %% ../nbs/01_data.ipynb #ea804293
+_STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "pydoc_data"}
+
+def _def_starts(tree, lines: list, max_depth: int = 2) -> tuple:
+    """0-based first lines of `def`/`class` statements: (top-level, nested up to `max_depth`), each moved up over its
+    decorators and the comment lines right above it."""
+    import ast
+    top, inner = set(), set()
+    def start(n):
+        s = min([n.lineno] + [d.lineno for d in n.decorator_list]) - 1
+        while s > 0 and lines[s - 1].lstrip().startswith("#"): s -= 1
+        return s
+    def walk(body, depth):
+        for n in body:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                (top if depth == 1 else inner).add(start(n))
+                if depth < max_depth: walk(n.body, depth + 1)
+    walk(tree.body, 1)
+    return sorted(top), sorted(inner)
+
+def code_chunks(source: str, max_lines: int = 40, min_lines: int = 8, max_chars: int = 4000) -> list:
+    """Real-code chunks of a Python file: `(first_line, text)` per top-level block (module header, each top-level `def` /
+    `class` with its decorators and comments), blocks longer than `max_lines` cut at method starts, else blank lines,
+    else hard. Chunks with fewer than 3 non-blank lines, mostly blank, or longer than `max_chars` are dropped."""
+    import ast
+    lines = source.splitlines()
+    try: tree = ast.parse(source)
+    except (SyntaxError, ValueError): return []
+    top, inner = _def_starts(tree, lines)
+    inner = set(inner)
+    bounds = sorted({0, *top, len(lines)})
+    spans = []
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        while e - s > max_lines + min_lines // 2:
+            win = range(s + min_lines, s + max_lines + 1)
+            cut = max((i for i in win if i in inner), default=None)
+            if cut is None: cut = max((i for i in win if not lines[i].strip()), default=s + max_lines)
+            spans.append((s, cut)); s = cut
+        spans.append((s, e))
+    out = []
+    for s, e in spans:
+        ls = lines[s:e]
+        while ls and not ls[-1].strip(): ls.pop()
+        while ls and not ls[0].strip(): ls.pop(0); s += 1
+        nonblank = sum(1 for l in ls if l.strip())
+        text = "\n".join(ls)
+        if nonblank >= 3 and nonblank >= 0.5 * len(ls) and len(text) <= max_chars: out.append((s + 1, text))
+    return out
+
+def _stdlib_root() -> Path:
+    import sysconfig
+    return Path(sysconfig.get_paths()["stdlib"])
+
+def _stdlib_version() -> str:
+    import platform
+    return f"py{platform.python_version()}"
+
+def _stdlib_rows():
+    "One row per code chunk of the standard library's own `.py` files (sorted paths; tests, IDLE, lib2to3, docs data skipped)."
+    root = _stdlib_root()
+    files = sorted((p for p in root.rglob("*.py") if not set(p.relative_to(root).parts[:-1]) & _STDLIB_SKIP),
+                   key=lambda p: p.relative_to(root).as_posix())
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        try: src = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError): continue
+        if rel.startswith("encodings/") and "Python Character Mapping Codec" in src[:300]: continue   # generated tables
+        for line, text in code_chunks(src): yield {"text": text, "source": f"{rel}:{line}"}
+
+def _chitchat():
+    try: import chitchat_dataset
+    except ImportError:
+        raise SdlmsError("the 'chitchat' source needs the chitchat-dataset package: pip install chitchat-dataset==0.9.0") from None
+    return chitchat_dataset
+
+def _chitchat_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    mod = _chitchat()
+    try: return version("chitchat-dataset")
+    except PackageNotFoundError: return getattr(mod, "__version__", "unknown")
+
+def chat_text(messages: list, max_chars: int = 2000) -> str | None:
+    """A conversation of the chitchat dataset as alternating speaker lines (`A: ...` / `B: ...`, the first sender is A; a
+    turn's messages joined by a space), cut after the last whole turn within `max_chars` (at least two turns).
+    None when it has fewer than two turns or a single speaker."""
+    speakers, out, n = {}, [], 0
+    for turn in messages:
+        words = " ".join(" ".join(str(u.get("text", "")).split()) for u in turn).strip()
+        if not words: continue
+        who = speakers.setdefault(turn[0].get("sender"), "AB"[len(speakers) % 2])
+        line = f"{who}: {words}"
+        if len(out) >= 2 and n + len(line) + 1 > max_chars: break
+        out.append(line); n += len(line) + 1
+    if len(out) < 2 or len(speakers) < 2: return None
+    return "\n".join(out)[:max_chars]
+
+def _chitchat_rows():
+    "One row per conversation of the chitchat dataset (in the file's order)."
+    d = json.loads((Path(_chitchat().__file__).parent / "dataset.json").read_text(encoding="utf-8"))
+    for cid, conv in d.items():
+        t = chat_text(conv.get("messages", []))
+        if t: yield {"text": t, "source": cid}
+
+@dataclass
+class LocalSource:
+    "A text source that ships with the machine (or a pinned package): rows made on demand, cached as JSONL."
+    rows: object        # () -> iterator of {"text": ..., "source": ...}
+    version: object     # () -> str; part of the cached file's name, so another version gives another file
+    description: str
+    format: int = 1     # bump when `rows` changes its output
+
+LOCAL_SOURCES = {
+    "python-stdlib": LocalSource(_stdlib_rows, _stdlib_version, "the running Python's standard library source, in code chunks"),
+    "chitchat": LocalSource(_chitchat_rows, _chitchat_version, "chitchat-dataset: 7,168 human chat conversations (MIT)"),
+}
+BUILTIN = "builtin:"
+
+def local_source_file(name: str) -> Path:
+    """The JSONL file of built-in source `name` (`builtin:<name>` in a manifest), made on first use in
+    `cache_dir()/sources/` (written to a temp file, then renamed; a JSON sidecar records version, rows and timing)."""
+    import time
+    from sdlms.core import cache_dir
+    if name not in LOCAL_SOURCES:
+        raise SdlmsError(f"unknown built-in source {name!r}; built-in sources: {', '.join(BUILTIN + k for k in LOCAL_SOURCES)}")
+    src = LOCAL_SOURCES[name]
+    d = cache_dir() / "sources"; d.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{src.version()}-f{src.format}"
+    f = d / f"{stem}.jsonl"
+    if f.exists(): return f
+    t0, n, h, seen = time.perf_counter(), 0, hashlib.sha256(), set()
+    tmp = d / f".{stem}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in src.rows():
+                if row["text"] in seen: continue                 # exact duplicates once
+                seen.add(row["text"])
+                line = json.dumps(row, ensure_ascii=False) + "\n"
+                fh.write(line); h.update(line.encode()); n += 1
+        meta = {"source": BUILTIN + name, "version": src.version(), "format": src.format, "rows": n,
+                "sha256": h.hexdigest(), "seconds": round(time.perf_counter() - t0, 2), "description": src.description}
+        (d / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, f)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return f
+
 
 # %% ../nbs/01_data.ipynb #ede9fe1d
 @dataclass
@@ -271,27 +432,68 @@ class ProbeBlocks:
                              "position": np.tile(np.arange(T, dtype=np.int32), B),
                              "token_id": self.ids_BT.reshape(-1).astype(np.int64)})
 
-def task_items(spec: TaskSpec, seed: int):
-    "Iterator over the probe texts of a task (generated probe split, or dataset rows)."
-    if spec.kind == "generated": return generate_items(spec.name, "probe", seed)
-    return iter(load_dataset_items(spec, seed))
+def hash_split(spec: TaskSpec) -> bool:
+    "Whether a task's probe and train items are split by `item_split` (generated tasks, built-in sources), hence disjoint."
+    return spec.kind == "generated" or (spec.path or "").startswith(BUILTIN)
+
+def task_items(spec: TaskSpec, seed: int, split: str = "probe"):
+    """Iterator over a task's texts of `split`, in a `seed`-determined order. Generated tasks: their `item_split` stream;
+    built-in sources: their rows that `item_split` assigns to `split`. Other dataset tasks (hub ids, local files) keep
+    every row of their dataset split as probe items, and their 'train' items are the rows `item_split` calls 'train':
+    about 90% of those same probe rows, so they are not held out (`train_blocks` refuses them unless told)."""
+    if split not in SPLITS: raise SdlmsError(f"unknown split {split!r}; use one of {SPLITS}")
+    if spec.kind == "generated": return generate_items(spec.name, split, seed)
+    return iter(load_dataset_items(spec, seed, split=split if split == "train" or hash_split(spec) else None))
+
+def _fill(tokenizer, stream, need: int, batch: int = 64) -> list:
+    "Token ids of consecutive `stream` texts (each followed by a newline) until `need` or the stream ends."
+    buf = []
+    while len(buf) < need:
+        texts = [s + "\n" for _, s in zip(range(batch), stream)]
+        if not texts: break
+        for x in tokenizer(texts, add_special_tokens=False)["input_ids"]: buf.extend(x)
+    return buf
 
 def probe_blocks(tokenizer, tasks, manifest: dict, tokens_per_task: int = 2048, block_size: int = 128,
                  seed: int = 0) -> ProbeBlocks:
-    "Balanced probe data: `tokens_per_task // block_size` blocks per task, in task order."
+    "Balanced probe data: `tokens_per_task // block_size` blocks per task of its probe items, in task order."
     n_blocks = tokens_per_task // block_size
     if n_blocks < 1: raise SdlmsError(f"tokens_per_task ({tokens_per_task}) must be at least block_size ({block_size})")
     need = n_blocks * block_size
     ids, labels = [], []
     for k, name in enumerate(tasks):
         if name not in manifest: raise SdlmsError(f"unknown task {name!r}; known tasks: {', '.join(manifest)}")
-        stream, buf = task_items(manifest[name], seed), []
-        while len(buf) < need:
-            batch = [s for _, s in zip(range(64), stream)]
-            if not batch:
-                raise SdlmsError(f"task {name!r} has only {len(buf)} tokens, fewer than the {need} asked for "
-                                 f"(tokens_per_task={tokens_per_task}); lower tokens_per_task or add data")
-            for x in tokenizer([s + "\n" for s in batch], add_special_tokens=False)["input_ids"]: buf.extend(x)
+        buf = _fill(tokenizer, task_items(manifest[name], seed, "probe"), need)
+        if len(buf) < need:
+            raise SdlmsError(f"task {name!r} has only {len(buf)} tokens, fewer than the {need} asked for "
+                             f"(tokens_per_task={tokens_per_task}); lower tokens_per_task or add data")
         ids.append(np.asarray(buf[:need], dtype=np.int64).reshape(n_blocks, block_size))
         labels.append(np.full(n_blocks, k, dtype=np.int64))
     return ProbeBlocks(np.concatenate(ids), np.concatenate(labels), list(tasks), block_size)
+
+
+# %% ../nbs/01_data.ipynb #2b717205
+def train_blocks(tokenizer, tasks, manifest: dict, n_tokens: int, block_size: int = 128, seed: int = 0,
+                 allow_probe_overlap: bool = False) -> np.ndarray:
+    """Shuffled `(B, block_size)` int64 token blocks of training text, at least `n_tokens` in all, every task in equal
+    parts and from its train split only (`task_items(spec, seed, 'train')`; items joined by newlines)."""
+    tasks = list(tasks)
+    if not tasks: raise SdlmsError("train_blocks needs at least one task")
+    if n_tokens < 1 or block_size < 1: raise SdlmsError(f"n_tokens ({n_tokens}) and block_size ({block_size}) must be positive")
+    per = -(-n_tokens // (len(tasks) * block_size))
+    need, blocks = per * block_size, []
+    for name in tasks:
+        if name not in manifest: raise SdlmsError(f"unknown task {name!r}; known tasks: {', '.join(manifest)}")
+        spec = manifest[name]
+        if not hash_split(spec) and not allow_probe_overlap:
+            raise SdlmsError(f"task {name!r} ({spec.path}) has no held-out training text: its probe items are every row of "
+                             f"split {spec.split!r}, so its train rows overlap them; train on generated tasks or built-in "
+                             f"sources (builtin:...), or pass allow_probe_overlap=True")
+        buf = _fill(tokenizer, task_items(spec, seed, "train"), need, batch=256)
+        if len(buf) < need:
+            raise SdlmsError(f"task {name!r} has only {len(buf):,} tokens of train text, fewer than the {need:,} asked for "
+                             f"(n_tokens={n_tokens:,} in equal parts over {len(tasks)} tasks); lower n_tokens or add data")
+        blocks.append(np.asarray(buf[:need], dtype=np.int64).reshape(per, block_size))
+    b = np.concatenate(blocks)
+    return b[np.random.default_rng(seed).permutation(len(b))]
+

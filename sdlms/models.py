@@ -11,9 +11,9 @@ from pathlib import Path
 from .core import SdlmsError
 
 # %% auto #0
-__all__ = ['SITE_REGISTRY', 'PACKAGED_MODELS', 'check_architecture', 'n_layers_of', 'd_mlp_of', 'Site', 'mlp_sites',
-           'select_layers', 'relative_depth', 'is_local_model', 'packaged_model_dir', 'resolve_spec', 'model_source',
-           'load_config', 'load_model', 'random_init_twin', 'count_params']
+__all__ = ['SITE_REGISTRY', 'GATED_MLP', 'PACKAGED_MODELS', 'check_architecture', 'n_layers_of', 'is_gated', 'd_mlp_of', 'Site',
+           'mlp_sites', 'select_layers', 'relative_depth', 'is_local_model', 'packaged_model_dir', 'resolve_spec',
+           'model_source', 'load_config', 'load_model', 'random_init_twin', 'count_params']
 
 # %% ../nbs/02_models.ipynb #49ce1ec0
 # model_type -> (path of the layer list, path of the down projection inside a layer, config field of d_mlp)
@@ -41,6 +41,14 @@ def n_layers_of(config) -> int:
     for k in ("num_hidden_layers", "n_layer"):
         if getattr(config, k, None) is not None: return int(getattr(config, k))
     raise SdlmsError(f"cannot read the layer count from config of type {config.model_type!r}")
+
+# architectures whose MLP is gated (down_proj(act(gate(x)) * up(x))): the site's sign is symmetric, so `a > 0` says nothing
+GATED_MLP = {"llama", "mistral", "qwen2", "gemma"}
+
+def is_gated(config) -> bool:
+    "Whether the model's MLP is gated (SwiGLU / GeGLU): its site `act(gate) * up` is sign-symmetric."
+    check_architecture(config.model_type)
+    return config.model_type in GATED_MLP
 
 def d_mlp_of(config) -> int:
     "Width of the MLP post-activation (the down projection's input)."
