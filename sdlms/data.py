@@ -14,9 +14,9 @@ from .core import SdlmsError, repo_root, sha256_bytes
 
 # %% auto #0
 __all__ = ['GENERATORS', 'SPLITS', 'LOCAL_SOURCES', 'BUILTIN', 'fact_table', 'item_split', 'generate_items', 'train_tokenizer',
-           'corpus_texts', 'TaskSpec', 'default_manifest', 'load_manifest', 'hub_reachable', 'load_dataset_items',
-           'code_chunks', 'chat_text', 'LocalSource', 'local_source_file', 'ProbeBlocks', 'hash_split', 'task_items',
-           'probe_blocks', 'train_blocks']
+           'corpus_texts', 'code_chunks', 'chat_text', 'LocalSource', 'local_source_file', 'TaskSpec',
+           'default_manifest', 'load_manifest', 'hub_reachable', 'load_dataset_items', 'ProbeBlocks', 'hash_split',
+           'task_items', 'probe_blocks', 'train_blocks']
 
 # %% ../nbs/01_data.ipynb #32b88f2e
 _NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "James", "Emma", "David", "Laura", "Peter",
@@ -163,6 +163,154 @@ def corpus_texts(seed: int, chars_per_task: int = 20_000, split: str = "train") 
         out[t] = "\n".join(items) + "\n"
     return out
 
+# %% ../nbs/01_data.ipynb #ea804293
+_STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "pydoc_data"}
+
+def _def_starts(tree, lines: list, max_depth: int = 2) -> tuple:
+    """0-based first lines of `def`/`class` statements: (top-level, nested up to `max_depth`), each moved up over its
+    decorators and the comment lines right above it."""
+    import ast
+    top, inner = set(), set()
+    def start(n):
+        s = min([n.lineno] + [d.lineno for d in n.decorator_list]) - 1
+        while s > 0 and lines[s - 1].lstrip().startswith("#"): s -= 1
+        return s
+    def walk(body, depth):
+        for n in body:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                (top if depth == 1 else inner).add(start(n))
+                if depth < max_depth: walk(n.body, depth + 1)
+    walk(tree.body, 1)
+    return sorted(top), sorted(inner)
+
+def code_chunks(source: str, max_lines: int = 40, min_lines: int = 8, max_chars: int = 4000) -> list:
+    """Real-code chunks of a Python file: `(first_line, text)` per top-level block (module header, each top-level `def` /
+    `class` with its decorators and comments), blocks longer than `max_lines` cut at method starts, else blank lines,
+    else hard. Chunks with fewer than 3 non-blank lines, mostly blank, or longer than `max_chars` are dropped."""
+    import ast
+    lines = source.splitlines()
+    try: tree = ast.parse(source)
+    except (SyntaxError, ValueError): return []
+    top, inner = _def_starts(tree, lines)
+    inner = set(inner)
+    bounds = sorted({0, *top, len(lines)})
+    spans = []
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        while e - s > max_lines + min_lines // 2:
+            win = range(s + min_lines, s + max_lines + 1)
+            cut = max((i for i in win if i in inner), default=None)
+            if cut is None: cut = max((i for i in win if not lines[i].strip()), default=s + max_lines)
+            spans.append((s, cut)); s = cut
+        spans.append((s, e))
+    out = []
+    for s, e in spans:
+        ls = lines[s:e]
+        while ls and not ls[-1].strip(): ls.pop()
+        while ls and not ls[0].strip(): ls.pop(0); s += 1
+        nonblank = sum(1 for l in ls if l.strip())
+        text = "\n".join(ls)
+        if nonblank >= 3 and nonblank >= 0.5 * len(ls) and len(text) <= max_chars: out.append((s + 1, text))
+    return out
+
+def _stdlib_root() -> Path:
+    import sysconfig
+    return Path(sysconfig.get_paths()["stdlib"])
+
+def _stdlib_version() -> str:
+    import platform
+    return f"py{platform.python_version()}"
+
+def _stdlib_rows():
+    """One row per code chunk of the standard library's own `.py` files (sorted paths; tests, IDLE, lib2to3, docs data
+    skipped); `group` (the file) is what the train/probe split hashes, so probe chunks come from files never trained on."""
+    root, rels = _stdlib_root(), []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in _STDLIB_SKIP]
+        rels += [(Path(d) / f).relative_to(root).as_posix() for f in files if f.endswith(".py")]
+    for rel in sorted(rels):
+        try: src = (root / rel).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError): continue
+        if rel.startswith("encodings/") and "Python Character Mapping Codec" in src[:300]: continue   # generated tables
+        for line, text in code_chunks(src): yield {"text": text, "source": f"{rel}:{line}", "group": rel}
+
+def _chitchat():
+    try: import chitchat_dataset
+    except ImportError:
+        raise SdlmsError("the 'chitchat' source needs the chitchat-dataset package: pip install chitchat-dataset==0.9.0") from None
+    return chitchat_dataset
+
+def _chitchat_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    mod = _chitchat()
+    try: return version("chitchat-dataset")
+    except PackageNotFoundError: return getattr(mod, "__version__", "unknown")
+
+def chat_text(messages: list, max_chars: int = 2000) -> str | None:
+    """A conversation of the chitchat dataset as alternating speaker lines (`A: ...` / `B: ...`, the first sender is A; a
+    turn's messages joined by a space), cut after the last whole turn within `max_chars`. None when fewer than two
+    turns of two speakers fit."""
+    speakers, out, n = {}, [], 0
+    for turn in messages:
+        words = " ".join(" ".join(str(u.get("text", "")).split()) for u in turn).strip()
+        if not words: continue
+        who = speakers.setdefault(turn[0].get("sender"), "AB"[len(speakers) % 2])
+        line = f"{who}: {words}"
+        if n + len(line) > max_chars: break
+        out.append(line); n += len(line) + 1
+    if len(out) < 2 or len({l[0] for l in out}) < 2: return None
+    return "\n".join(out)
+
+def _chitchat_rows():
+    "One row per conversation of the chitchat dataset (in the file's order)."
+    d = json.loads((Path(_chitchat().__file__).parent / "dataset.json").read_text(encoding="utf-8"))
+    for cid, conv in d.items():
+        t = chat_text(conv.get("messages", []))
+        if t: yield {"text": t, "source": cid}
+
+@dataclass
+class LocalSource:
+    "A text source that ships with the machine (or a pinned package): rows made on demand, cached as JSONL."
+    rows: object        # () -> iterator of {"text", "source"[, "group": the split key, else the text]}
+    version: object     # () -> str; part of the cached file's name, so another version gives another file
+    description: str
+    format: int = 1     # bump when `rows` changes its output
+
+LOCAL_SOURCES = {
+    "python-stdlib": LocalSource(_stdlib_rows, _stdlib_version, "the running Python's standard library source, in code chunks"),
+    "chitchat": LocalSource(_chitchat_rows, _chitchat_version, "chitchat-dataset: 7,168 human chat conversations (MIT)"),
+}
+BUILTIN = "builtin:"
+
+def local_source_file(name: str) -> Path:
+    """The JSONL file of built-in source `name` (`builtin:<name>` in a manifest), made on first use in
+    `cache_dir()/sources/` (written to a temp file, then renamed; a JSON sidecar records version, rows and timing)."""
+    import time
+    from sdlms.core import cache_dir
+    if name not in LOCAL_SOURCES:
+        raise SdlmsError(f"unknown built-in source {name!r}; built-in sources: {', '.join(BUILTIN + k for k in LOCAL_SOURCES)}")
+    src = LOCAL_SOURCES[name]
+    d = cache_dir() / "sources"; d.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{src.version()}-f{src.format}"
+    f = d / f"{stem}.jsonl"
+    if f.exists(): return f
+    t0, n, h, seen = time.perf_counter(), 0, hashlib.sha256(), set()
+    tmp = d / f".{stem}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in src.rows():
+                if row["text"] in seen: continue                 # exact duplicates once
+                seen.add(row["text"])
+                line = json.dumps(row, ensure_ascii=False) + "\n"
+                fh.write(line); h.update(line.encode()); n += 1
+        meta = {"source": BUILTIN + name, "version": src.version(), "format": src.format, "rows": n,
+                "sha256": h.hexdigest(), "seconds": round(time.perf_counter() - t0, 2), "description": src.description}
+        (d / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, f)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return f
+
+
 # %% ../nbs/01_data.ipynb #fd76966c
 @dataclass
 class TaskSpec:
@@ -225,7 +373,8 @@ def _row_text(row: dict, template: str) -> str:
 
 def load_dataset_items(spec: TaskSpec, seed: int = 0, max_items: int | None = None, split: str | None = None) -> list:
     """Texts of a dataset-backed task, shuffled deterministically by `seed`: every row of its dataset split, or with
-    `split` ('train' / 'probe') only the rows whose text `item_split` assigns to it (then at most `max_items` of those)."""
+    `split` ('train' / 'probe') only the rows whose text (built-in sources: `group`, if any) `item_split` assigns to it
+    (then at most `max_items` of those)."""
     import datasets
     from sdlms.core import cache_dir
     if split is not None and split not in SPLITS: raise SdlmsError(f"unknown split {split!r}; use one of {SPLITS}")
@@ -257,158 +406,13 @@ def load_dataset_items(spec: TaskSpec, seed: int = 0, max_items: int | None = No
         raise SdlmsError(f"task {spec.name!r}: could not read {p} ({type(e).__name__}: {str(e)[:200]})") from None
     idx = np.random.default_rng(seed).permutation(len(ds))
     if max_items and split is None: idx = idx[:max_items]
-    texts = [_row_text(r, spec.template) for r in ds.select(idx).to_list()]
-    if split is not None:
-        texts = [t for t in texts if item_split(t) == split]
+    rows = ds.select(idx).to_list()
+    texts = [_row_text(r, spec.template) for r in rows]
+    if split is not None:     # built-in rows may name their split key (`group`: the source file); else the text
+        keys = [(r.get("group") or t) if builtin else t for r, t in zip(rows, texts)]
+        texts = [t for t, k in zip(texts, keys) if item_split(k) == split]
         if max_items: texts = texts[:max_items]
     return texts
-
-
-# %% ../nbs/01_data.ipynb #ea804293
-_STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "pydoc_data"}
-
-def _def_starts(tree, lines: list, max_depth: int = 2) -> tuple:
-    """0-based first lines of `def`/`class` statements: (top-level, nested up to `max_depth`), each moved up over its
-    decorators and the comment lines right above it."""
-    import ast
-    top, inner = set(), set()
-    def start(n):
-        s = min([n.lineno] + [d.lineno for d in n.decorator_list]) - 1
-        while s > 0 and lines[s - 1].lstrip().startswith("#"): s -= 1
-        return s
-    def walk(body, depth):
-        for n in body:
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                (top if depth == 1 else inner).add(start(n))
-                if depth < max_depth: walk(n.body, depth + 1)
-    walk(tree.body, 1)
-    return sorted(top), sorted(inner)
-
-def code_chunks(source: str, max_lines: int = 40, min_lines: int = 8, max_chars: int = 4000) -> list:
-    """Real-code chunks of a Python file: `(first_line, text)` per top-level block (module header, each top-level `def` /
-    `class` with its decorators and comments), blocks longer than `max_lines` cut at method starts, else blank lines,
-    else hard. Chunks with fewer than 3 non-blank lines, mostly blank, or longer than `max_chars` are dropped."""
-    import ast
-    lines = source.splitlines()
-    try: tree = ast.parse(source)
-    except (SyntaxError, ValueError): return []
-    top, inner = _def_starts(tree, lines)
-    inner = set(inner)
-    bounds = sorted({0, *top, len(lines)})
-    spans = []
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        while e - s > max_lines + min_lines // 2:
-            win = range(s + min_lines, s + max_lines + 1)
-            cut = max((i for i in win if i in inner), default=None)
-            if cut is None: cut = max((i for i in win if not lines[i].strip()), default=s + max_lines)
-            spans.append((s, cut)); s = cut
-        spans.append((s, e))
-    out = []
-    for s, e in spans:
-        ls = lines[s:e]
-        while ls and not ls[-1].strip(): ls.pop()
-        while ls and not ls[0].strip(): ls.pop(0); s += 1
-        nonblank = sum(1 for l in ls if l.strip())
-        text = "\n".join(ls)
-        if nonblank >= 3 and nonblank >= 0.5 * len(ls) and len(text) <= max_chars: out.append((s + 1, text))
-    return out
-
-def _stdlib_root() -> Path:
-    import sysconfig
-    return Path(sysconfig.get_paths()["stdlib"])
-
-def _stdlib_version() -> str:
-    import platform
-    return f"py{platform.python_version()}"
-
-def _stdlib_rows():
-    "One row per code chunk of the standard library's own `.py` files (sorted paths; tests, IDLE, lib2to3, docs data skipped)."
-    root = _stdlib_root()
-    files = sorted((p for p in root.rglob("*.py") if not set(p.relative_to(root).parts[:-1]) & _STDLIB_SKIP),
-                   key=lambda p: p.relative_to(root).as_posix())
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        try: src = p.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError): continue
-        if rel.startswith("encodings/") and "Python Character Mapping Codec" in src[:300]: continue   # generated tables
-        for line, text in code_chunks(src): yield {"text": text, "source": f"{rel}:{line}"}
-
-def _chitchat():
-    try: import chitchat_dataset
-    except ImportError:
-        raise SdlmsError("the 'chitchat' source needs the chitchat-dataset package: pip install chitchat-dataset==0.9.0") from None
-    return chitchat_dataset
-
-def _chitchat_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    mod = _chitchat()
-    try: return version("chitchat-dataset")
-    except PackageNotFoundError: return getattr(mod, "__version__", "unknown")
-
-def chat_text(messages: list, max_chars: int = 2000) -> str | None:
-    """A conversation of the chitchat dataset as alternating speaker lines (`A: ...` / `B: ...`, the first sender is A; a
-    turn's messages joined by a space), cut after the last whole turn within `max_chars` (at least two turns).
-    None when it has fewer than two turns or a single speaker."""
-    speakers, out, n = {}, [], 0
-    for turn in messages:
-        words = " ".join(" ".join(str(u.get("text", "")).split()) for u in turn).strip()
-        if not words: continue
-        who = speakers.setdefault(turn[0].get("sender"), "AB"[len(speakers) % 2])
-        line = f"{who}: {words}"
-        if len(out) >= 2 and n + len(line) + 1 > max_chars: break
-        out.append(line); n += len(line) + 1
-    if len(out) < 2 or len(speakers) < 2: return None
-    return "\n".join(out)[:max_chars]
-
-def _chitchat_rows():
-    "One row per conversation of the chitchat dataset (in the file's order)."
-    d = json.loads((Path(_chitchat().__file__).parent / "dataset.json").read_text(encoding="utf-8"))
-    for cid, conv in d.items():
-        t = chat_text(conv.get("messages", []))
-        if t: yield {"text": t, "source": cid}
-
-@dataclass
-class LocalSource:
-    "A text source that ships with the machine (or a pinned package): rows made on demand, cached as JSONL."
-    rows: object        # () -> iterator of {"text": ..., "source": ...}
-    version: object     # () -> str; part of the cached file's name, so another version gives another file
-    description: str
-    format: int = 1     # bump when `rows` changes its output
-
-LOCAL_SOURCES = {
-    "python-stdlib": LocalSource(_stdlib_rows, _stdlib_version, "the running Python's standard library source, in code chunks"),
-    "chitchat": LocalSource(_chitchat_rows, _chitchat_version, "chitchat-dataset: 7,168 human chat conversations (MIT)"),
-}
-BUILTIN = "builtin:"
-
-def local_source_file(name: str) -> Path:
-    """The JSONL file of built-in source `name` (`builtin:<name>` in a manifest), made on first use in
-    `cache_dir()/sources/` (written to a temp file, then renamed; a JSON sidecar records version, rows and timing)."""
-    import time
-    from sdlms.core import cache_dir
-    if name not in LOCAL_SOURCES:
-        raise SdlmsError(f"unknown built-in source {name!r}; built-in sources: {', '.join(BUILTIN + k for k in LOCAL_SOURCES)}")
-    src = LOCAL_SOURCES[name]
-    d = cache_dir() / "sources"; d.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{src.version()}-f{src.format}"
-    f = d / f"{stem}.jsonl"
-    if f.exists(): return f
-    t0, n, h, seen = time.perf_counter(), 0, hashlib.sha256(), set()
-    tmp = d / f".{stem}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in src.rows():
-                if row["text"] in seen: continue                 # exact duplicates once
-                seen.add(row["text"])
-                line = json.dumps(row, ensure_ascii=False) + "\n"
-                fh.write(line); h.update(line.encode()); n += 1
-        meta = {"source": BUILTIN + name, "version": src.version(), "format": src.format, "rows": n,
-                "sha256": h.hexdigest(), "seconds": round(time.perf_counter() - t0, 2), "description": src.description}
-        (d / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, f)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return f
 
 
 # %% ../nbs/01_data.ipynb #ede9fe1d
