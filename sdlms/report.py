@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_report.ipynb #5ab8e299
 from __future__ import annotations
-import copy, html, json, os, re, shutil, subprocess
+import copy, html, json, math, os, re, shutil, subprocess
 from pathlib import Path
 
 import yaml
@@ -12,16 +12,19 @@ import yaml
 from .core import SdlmsError, repo_root
 
 # %% auto #0
-__all__ = ['EMBEDS', 'SUMMARY_COLS', 'IMPORTANCE_COLS', 'IMPORTANCE_TEXT', 'SPEC_COLS', 'run_notebooks', 'notebook_labels',
+__all__ = ['EMBEDS', 'SUMMARY_COLS', 'IMPORTANCE_COLS', 'IMPORTANCE_TEXT', 'SPEC_COLS', 'SEED_D_IN', 'KXD_METRICS',
+           'KXD_SEED_COL', 'KXD_TOL', 'KXD_TABLE_COLS', 'KXD_SHOW', 'KXD_TEXT', 'run_notebooks', 'notebook_labels',
            'sparsity_summary', 'importance_summary', 'specialization_summary', 'write_quarto_project',
-           'check_quarto_project', 'offline_html', 'build_report']
+           'check_quarto_project', 'seed_kxd', 'kxd_grid', 'match_seed_grid', 'kxd_trends', 'kxd_comparison',
+           'kxd_summary', 'offline_html', 'build_report']
 
 # %% ../nbs/09_report.ipynb #bfdccf7d
 EMBEDS = [("capture/*/10_capture.ipynb", "fig-capture"), ("sae/*/*/20_sae.ipynb", "fig-sae-curves"), ("scaling/90_scaling.ipynb", "fig-as-size"),
           ("scaling/90_scaling.ipynb", "fig-pr-size"), ("sae_summary/91_sae_summary.ipynb", "fig-death"),
           ("sae_summary/91_sae_summary.ipynb", "fig-spec"), ("scaling/90_scaling.ipynb", "fig-si-size"),
           ("scaling/90_scaling.ipynb", "fig-q-size"), ("scaling/90_scaling.ipynb", "fig-spec-depth"),
-          ("scaling/90_scaling.ipynb", "fig-ablation-size"), ("suite/00_suite.ipynb", "fig-suite-loss")]
+          ("scaling/90_scaling.ipynb", "fig-ablation-size"), ("sae_summary/91_sae_summary.ipynb", "fig-kxd"),
+          ("suite/00_suite.ipynb", "fig-suite-loss")]
 
 def run_notebooks(run_dir) -> list:
     "Executed stage notebooks of a run (relative paths, sorted; `.partial` folders excluded)."
@@ -104,6 +107,11 @@ def write_quarto_project(run_dir) -> dict:
                   "across tokens (no co-activation structure at all: `Q_null_a_mean`, `z_a`) and (b) permuted within each task "
                   "(no structure beyond task preference: `Q_null_b_mean`, `z_b`); `q_verdict` reads the two z-scores.", "",
                   sm.to_markdown(index=False), ""]
+    kx = kxd_summary(run_dir)
+    if kx is not None:
+        t, v = kx
+        lines += ["## K x d: our table beside the seeds'", "", KXD_TEXT, "", t[[c for c in KXD_SHOW if c in t]].round(3).to_markdown(index=False),
+                  "", "Trend by trend (`sae_summary/kxd_verdicts.csv`):", "", *[f"- {l}" for l in v.line], ""]
     lines += ["## Figures", ""]
     for pat, label in EMBEDS:
         for nb in sorted(run_dir.glob(pat)):
@@ -126,6 +134,161 @@ def check_quarto_project(run_dir) -> list:
         if not (run_dir / rel).exists(): errs.append(f"embed target {rel} does not exist")
         elif label not in notebook_labels(run_dir / rel): errs.append(f"embed label {label} not in {rel}")
     return errs
+
+# %% ../nbs/09_report.ipynb #0a205d9d
+SEED_D_IN = 2048   # input width of the seeds' site: LLaMA-3.2-1B (CODI) layer-14 hidden state at continuous-thought position 3
+KXD_METRICS = {"dead_frac": "dead (probe tokens)", "dead_frac_train": "dead (training tokens)",
+               "spec_rate": "specialization rate", "explained_variance": "explained variance"}
+KXD_SEED_COL = {"dead_frac": "dead_frac", "dead_frac_train": "dead_frac", "spec_rate": "spec_rate",
+                "explained_variance": "explained_variance"}   # the seeds' column each of our metrics is read against
+KXD_TOL = {"dead_frac": 0.01, "dead_frac_train": 0.01, "spec_rate": 0.01, "explained_variance": 0.002}  # |change| <= tol: flat
+
+def seed_kxd(path=None) -> "pd.DataFrame":
+    "The seeds' K x d measurements (`data/seed_kxd.csv`: one row per SAE the seeds report, with its source)."
+    import pandas as pd
+    f = Path(path) if path else repo_root() / "data" / "seed_kxd.csv"
+    if not f.exists(): raise SdlmsError(f"the seeds' K x d table {f} is missing; it ships with the repository as data/seed_kxd.csv")
+    return pd.read_csv(f)
+
+def _half_up(x: float) -> int: return int(math.floor(x + 0.5))
+
+def kxd_grid(d_in: int, seeds=None) -> "pd.DataFrame":
+    """The seeds' K x d grid in proportion at input width `d_in`: each K keeps its share of the input width (K / d_in)
+    and each dictionary its multiple of K (d_sae / K), i.e. K and d_sae both scale by d_in / the seeds' d_in (rounded
+    half up). The full cross of the seeds' K and d values (`in_seeds`: the seeds measured that point); points with
+    K > d_sae are left out."""
+    import pandas as pd
+    seeds = seed_kxd() if seeds is None else seeds
+    D = float(seeds.d_in.iloc[0]); s = d_in / D
+    have = set(zip(seeds.k.astype(int), seeds.d_sae.astype(int)))
+    rows = []
+    for d in sorted(seeds.d_sae.unique(), reverse=True):
+        for k in sorted(seeds.k.unique()):
+            kk, dd = max(1, _half_up(k * s)), max(1, _half_up(d * s))
+            if kk > dd: continue
+            rows.append({"seed_k": int(k), "seed_d": int(d), "k": kk, "d_sae": dd, "k_share": kk / d_in, "seed_k_share": k / D,
+                         "d_over_k": dd / kk, "seed_d_over_k": d / k, "in_seeds": (int(k), int(d)) in have})
+    return pd.DataFrame(rows)
+
+def match_seed_grid(ours, seeds=None, tol: float = 0.1) -> "pd.DataFrame":
+    """`ours` (one row per SAE with `d_in`, `k`, `d_sae`) with `seed_k` and `seed_d`: the seeds' grid point each SAE mirrors
+    (its K and d_sae scaled by the seeds' d_in / d_in within `tol` relative of a seeds' value), NaN where none."""
+    import numpy as np
+    seeds = seed_kxd() if seeds is None else seeds
+    D = float(seeds.d_in.iloc[0])
+    def near(x, vals):
+        v = min(vals, key=lambda a: abs(x / a - 1))
+        return float(v) if abs(x / v - 1) <= tol else np.nan
+    out = ours.copy()
+    sc = D / out.d_in.astype(float)
+    out["seed_k"] = [near(x, seeds.k.unique()) for x in out.k * sc]
+    out["seed_d"] = [near(x, seeds.d_sae.unique()) for x in out.d_sae * sc]
+    return out
+
+def _direction(delta: float, tol: float, words=("falls", "rises", "flat")) -> str:
+    return words[2] if abs(delta) <= tol else (words[1] if delta > 0 else words[0])
+
+def _pct(v) -> str:
+    import numpy as np
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}%"
+
+def _points(g) -> "pd.DataFrame":
+    "One row per seeds' grid point of a site's SAEs (metrics averaged where several SAEs mirror the same point)."
+    ms = [m for m in KXD_METRICS if m in g]
+    return g.groupby(["seed_k", "seed_d"], as_index=False).agg({"k": "first", "d_sae": "first", **{m: "mean" for m in ms}})
+
+def kxd_trends(table, seeds=None) -> "pd.DataFrame":
+    """Trend by trend, per site of `table` (from `kxd_comparison`): the direction in the seeds and in ours and the verdict
+    (agree / disagree / not measured). Along the larger dictionary, from the smallest to the largest K that both
+    measured: death (probe and training tokens), specialization rate and explained variance vs K. Smaller minus larger
+    dictionary at each K where the seeds have both: the same four. One row per (site, trend); `line` is a sentence for
+    the report."""
+    import numpy as np, pandas as pd
+    seeds = seed_kxd() if seeds is None else seeds
+    big, small = seeds.d_sae.max(), seeds.d_sae.min()
+    sp = seeds.set_index(["k", "d_sae"])
+    both = sorted(set(seeds[seeds.d_sae == small].k) & set(seeds[seeds.d_sae == big].k))
+    rows = []
+    for (model, layer), g in table.groupby(["model", "layer"], sort=False):
+        pts = _points(g).set_index(["seed_k", "seed_d"])
+        val = lambda k, d, m: float(pts.at[(k, d), m]) if m in pts and (k, d) in pts.index else np.nan
+        seed = lambda k, d, m: float(sp.at[(k, d), KXD_SEED_COL[m]]) if (k, d) in sp.index else np.nan
+        base = dict(model=model, layer=layer)
+        for m, name in KXD_METRICS.items():                      # vs K along the larger dictionary
+            ks = [k for k in sorted(seeds[seeds.d_sae == big].k) if np.isfinite(seed(k, big, m)) and np.isfinite(val(k, big, m))]
+            sv, ov = [seed(k, big, m) for k in ks], [val(k, big, m) for k in ks]
+            st = _direction(sv[-1] - sv[0], KXD_TOL[m]) if len(ks) > 1 else ""
+            ot = _direction(ov[-1] - ov[0], KXD_TOL[m]) if len(ks) > 1 else ""
+            rows.append({**base, "trend": f"{name} vs K", "seeds": ", ".join(f"K {int(k)}: {_pct(v)}" for k, v in zip(ks, sv)),
+                         "ours": ", ".join(f"K {int(pts.at[(k, big), 'k'])}: {_pct(v)}" for k, v in zip(ks, ov)),
+                         "seeds_direction": st, "ours_direction": ot,
+                         "verdict": "not measured" if len(ks) < 2 else ("agree" if st == ot else "disagree"), "other_k": ""})
+        for m, name in KXD_METRICS.items():                      # smaller minus larger dictionary at equal K
+            words = ("lower", "higher", "equal")
+            ks = [k for k in both if all(np.isfinite(seed(k, d, m)) for d in (small, big))]
+            mk = [k for k in ks if all(np.isfinite(val(k, d, m)) for d in (small, big))]
+            sdir = [_direction(seed(k, small, m) - seed(k, big, m), KXD_TOL[m], words) for k in mk]
+            odir = [_direction(val(k, small, m) - val(k, big, m), KXD_TOL[m], words) for k in mk]
+            other = [k for k in sorted(pts.index.get_level_values(0).unique()) if k not in both
+                     and all(np.isfinite(val(k, d, m)) for d in (small, big))]
+            lab = lambda k, d: f"d {int(pts.at[(k, d), 'd_sae'])}"
+            rows.append({**base, "trend": f"smaller dictionary: {name}",
+                         "seeds": "; ".join(f"K {int(k)}: d {int(small)} {_pct(seed(k, small, m))} vs d {int(big)} {_pct(seed(k, big, m))}" for k in ks),
+                         "ours": "; ".join(f"K {int(pts.at[(k, big), 'k'])}: {lab(k, small)} {_pct(val(k, small, m))} vs {lab(k, big)} "
+                                           f"{_pct(val(k, big, m))}" for k in mk),
+                         "seeds_direction": ", ".join(sdir), "ours_direction": ", ".join(odir),
+                         "verdict": "not measured" if not mk or len(mk) < len(ks) else ("agree" if sdir == odir else "disagree"),
+                         "other_k": ", ".join(f"K {int(pts.at[(k, big), 'k'])}: "
+                                              f"{_direction(val(k, small, m) - val(k, big, m), KXD_TOL[m], words)}" for k in other)})
+    out = pd.DataFrame(rows, columns=["model", "layer", "trend", "seeds", "ours", "seeds_direction", "ours_direction", "verdict", "other_k"])
+    def line(r):
+        if not r.ours: return f"{r.model} L{r.layer}, {r.trend}: **not measured** (no values in this run)."
+        s = f"{r.model} L{r.layer}, {r.trend}: **{r.verdict}**. Seeds: {r.seeds or 'n/a'}"
+        s += (f" ({r.seeds_direction})" if r.seeds_direction else "") + f"; ours: {r.ours}"
+        s += f" ({r.ours_direction})" if r.ours_direction else ""
+        if r.other_k: s += f"; smaller dictionary at the K the seeds did not measure: {r.other_k}"
+        return s + "."
+    out["line"] = [line(r) for r in out.itertuples()]
+    return out
+
+KXD_TABLE_COLS = ["model", "layer", "d_in", "k", "d_sae", "k_share", "d_over_k", "seed_k", "seed_d", "seed_k_share", "seed_d_over_k",
+                  "explained_variance", "seed_explained_variance", "dead_frac", "dead_frac_train", "seed_dead_frac",
+                  "spec_rate", "seed_spec_rate", "live_latents", "spec_live", "spec_n", "spec_source"]
+
+def kxd_comparison(ours, seeds=None, tol: float = 0.1) -> tuple:
+    """Our SAEs beside the seeds' K x d table. `ours`: one row per SAE with `model`, `layer`, `d_in`, `k`, `d_sae` and the
+    metrics it has of `KXD_METRICS` (`spec_rate`: share of live features specialized). Returns `(table, verdicts)`: the SAEs
+    that mirror a seeds' grid point (`match_seed_grid`, `tol`) with the seeds' values beside theirs (`seed_*`), and
+    `kxd_trends` of it (its `line` column: one sentence per trend)."""
+    seeds = seed_kxd() if seeds is None else seeds
+    m = match_seed_grid(ours, seeds, tol)
+    m = m[m.seed_k.notna() & m.seed_d.notna()].copy()
+    m["k_share"], m["d_over_k"] = m.k / m.d_in, m.d_sae / m.k
+    m["seed_k_share"], m["seed_d_over_k"] = m.seed_k / float(seeds.d_in.iloc[0]), m.seed_d / m.seed_k
+    s = seeds[["k", "d_sae", "explained_variance", "dead_frac", "spec_rate"]].rename(
+        columns={"k": "seed_k", "d_sae": "seed_d", "explained_variance": "seed_explained_variance", "dead_frac": "seed_dead_frac",
+                 "spec_rate": "seed_spec_rate"}).astype({"seed_k": float, "seed_d": float})
+    table = m.merge(s, on=["seed_k", "seed_d"], how="left").sort_values(["model", "layer", "seed_d", "seed_k"], ascending=[True, True, False, True])
+    table = table[[c for c in KXD_TABLE_COLS if c in table]].reset_index(drop=True)
+    return table, kxd_trends(table, seeds)
+
+def kxd_summary(run_dir):
+    "The run's K x d comparison (`sae_summary/kxd.csv`, `sae_summary/kxd_verdicts.csv`) as `(table, verdicts)`, or None."
+    import pandas as pd
+    d = Path(run_dir) / "sae_summary"
+    if not (d / "kxd.csv").exists(): return None
+    v = pd.read_csv(d / "kxd_verdicts.csv") if (d / "kxd_verdicts.csv").exists() else pd.DataFrame(columns=["line"])
+    return pd.read_csv(d / "kxd.csv"), v
+
+KXD_SHOW = ["model", "layer", "k", "d_sae", "seed_k", "seed_d", "explained_variance", "seed_explained_variance", "dead_frac",
+            "dead_frac_train", "seed_dead_frac", "spec_rate", "seed_spec_rate"]
+KXD_TEXT = ("Our SAEs on the seeds' K x d grid in proportion (K as the same share of the site's input width, d_sae as the "
+            "same multiple of K: `seed_k`, `seed_d` name the seeds' point, input width 2048), beside the seeds' numbers "
+            "(`seed_*`, `data/seed_kxd.csv`). Dead: never active on all probe tokens / in the last training tokens (ours), "
+            "never active (seeds). Specialization rate: share of live features whose SI is above the 99th percentile of its "
+            "label-shuffle null and at least the SI cut (ours); share of a window of the rarest live latents dominated by one "
+            "GSM8K operation or number (seeds). Levels differ by definition and site; the verdicts compare directions.")
+
 
 # %% ../nbs/09_report.ipynb #7301881a
 _SHIM = ("<script>if (typeof window.require === 'undefined') {{ window.require = function(d, f) {{ f(window.Plotly); }}; "
@@ -173,6 +336,13 @@ def _nbconvert_site(run_dir, log=print) -> Path:
     im, sm = importance_summary(run_dir), specialization_summary(run_dir)
     imp_html = "" if im is None else f"<h2>Site importance</h2><p>{html.escape(IMPORTANCE_TEXT)}</p>" + im.to_html(index=False, border=0, classes="tbl")
     spec_html = "" if sm is None else "<h2>Specialization and modularity</h2>" + sm.to_html(index=False, border=0, classes="tbl")
+    kx, kxd_html = kxd_summary(run_dir), ""
+    if kx is not None:
+        t, v = kx
+        bold = lambda l: re.sub(r"[*][*](.+?)[*][*]", r"<b>\1</b>", html.escape(l))
+        items = "".join(f"<li>{bold(l)}</li>" for l in v.line)
+        kxd_html = (f"<h2>K x d: our table beside the seeds'</h2><p>{html.escape(KXD_TEXT)}</p>"
+                    + t[[c for c in KXD_SHOW if c in t]].round(3).to_html(index=False, border=0, classes="tbl") + f"<ul>{items}</ul>")
     e = html.escape
     key = [f for f in figs if f[0].startswith(("scaling/", "sae_summary/"))] + [f for f in figs if f[0].endswith("sparsity_by_layer.html")]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sdlms: {e(run_dir.name)}</title>
@@ -183,7 +353,7 @@ iframe{{width:100%;height:480px;border:1px solid #eee}} .note{{background:#fff8e
 <p class="note">Rendered with nbconvert because Quarto is not installed; install Quarto and run <code>sdlms report {e(run_dir.name)}</code> for the Quarto site.</p>
 <p>Status: <b>{e(str(st.get('status', '?')))}</b>, created {e(str(st.get('created', '?')))}, {e(str(st.get('seconds', '?')))} s.
 Parameters in <code>params.yaml</code>, provenance in <code>meta.jsonl</code>.</p>
-{imp_html}<h2>Sparsity</h2>{table}{spec_html}
+{imp_html}<h2>Sparsity</h2>{table}{spec_html}{kxd_html}
 <h2>Stage notebooks</h2><ul>{''.join(f'<li><a href="{e(str(h))}">{e(r)}</a> ({d:.1f} s)</li>' if d else f'<li><a href="{e(str(h))}">{e(r)}</a></li>' for r, h, d, x in rows)}</ul>
 <h2>Figures</h2>{''.join(f'<h3>{e(r)}</h3><iframe src="{e(str(h))}" loading="lazy"></iframe>' for r, h in key)}
 <details><summary>All figures</summary><ul>{''.join(f'<li><a href="{e(str(h))}">{e(r)}</a></li>' for r, h in figs)}</ul></details>
