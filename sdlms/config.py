@@ -115,7 +115,7 @@ class RunParams:
     device: str = F("cpu", (str,), "torch device: cpu, cuda, or auto")
     workers: int = F(2, (int,), "parallel worker processes (suite training, per-model stages)")
     sae: object = F(None, (dict, type(None)), "SAE stage (per model and layer, on the activation cache): SAEParams fields "
-                    "(listed under sae.* by `sdlms params`); k and expansion may be lists for a K x d grid; null: no SAE stage")
+                    "(listed under sae.* by `sdlms params`); k and expansion (or d_sae) may be lists for a K x d grid; null: no SAE stage")
     suite: SuiteParams = field(default_factory=SuiteParams, metadata={"help": "offline micro-suite settings"})
     capture: CaptureConfig = field(default_factory=CaptureConfig, metadata={"help": "capture + sparsity stage settings"})
     specialization: SpecParams = field(default_factory=SpecParams, metadata={"help": "specialization (SI), modularity (Q) and ablation stage settings"})
@@ -316,16 +316,18 @@ def _validate_overrides(p: RunParams, errors: list):
         errors += [f"overrides.{m}: {e}" for e in sub]
 
 def sae_grid(d: dict | None) -> list:
-    "Expand an `sae` section whose `k` and/or `expansion` are lists into one dict per grid point (k x expansion)."
+    """Expand an `sae` section whose `k` and/or dictionary size are lists into one dict per grid point: k x `d_sae`
+    when `d_sae` is given, else k x `expansion`."""
     if not d: return []
-    ks = d.get("k", [None]); xs = d.get("expansion", [None])
+    key = "d_sae" if d.get("d_sae") is not None else "expansion"
+    ks = d.get("k", [None]); xs = d.get(key, [None])
     ks = ks if isinstance(ks, list) else [ks]; xs = xs if isinstance(xs, list) else [xs]
     out = []
     for x in xs:
         for k in ks:
             g = dict(d)
             if k is not None: g["k"] = k
-            if x is not None: g["expansion"] = x
+            if x is not None: g[key] = x
             out.append(g)
     return out
 
