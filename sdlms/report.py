@@ -12,11 +12,11 @@ import yaml
 from .core import SdlmsError, repo_root
 
 # %% auto #0
-__all__ = ['EMBEDS', 'SUMMARY_COLS', 'IMPORTANCE_COLS', 'IMPORTANCE_TEXT', 'SPEC_COLS', 'SEED_D_IN', 'KXD_METRICS',
-           'KXD_SEED_COL', 'KXD_TOL', 'KXD_TABLE_COLS', 'KXD_SHOW', 'KXD_TEXT', 'run_notebooks', 'notebook_labels',
-           'sparsity_summary', 'importance_summary', 'specialization_summary', 'write_quarto_project',
-           'check_quarto_project', 'seed_kxd', 'kxd_grid', 'match_seed_grid', 'kxd_trends', 'kxd_comparison',
-           'kxd_summary', 'offline_html', 'build_report']
+__all__ = ['EMBEDS', 'SUMMARY_COLS', 'NOT_MEANINGFUL', 'MODEL_COLS', 'GATED_TEXT', 'IMPORTANCE_COLS', 'IMPORTANCE_TEXT',
+           'SPEC_COLS', 'SEED_D_IN', 'KXD_METRICS', 'KXD_SEED_COL', 'KXD_TOL', 'KXD_TABLE_COLS', 'KXD_SHOW', 'KXD_TEXT',
+           'run_notebooks', 'notebook_labels', 'sparsity_summary', 'models_summary', 'importance_summary',
+           'specialization_summary', 'write_quarto_project', 'check_quarto_project', 'seed_kxd', 'kxd_grid',
+           'match_seed_grid', 'kxd_trends', 'kxd_comparison', 'kxd_summary', 'offline_html', 'build_report']
 
 # %% ../nbs/09_report.ipynb #bfdccf7d
 EMBEDS = [("capture/*/10_capture.ipynb", "fig-capture"), ("sae/*/*/20_sae.ipynb", "fig-sae-curves"), ("scaling/90_scaling.ipynb", "fig-as-size"),
@@ -41,8 +41,8 @@ def notebook_labels(nb_path) -> set:
         out |= set(re.findall(r"^#\|\s*label:\s*(\S+)", src, re.M))
     return out
 
-SUMMARY_COLS = ["model", "params", "layer", "relative_depth", "frac_active", "init_frac_active", "top10_mass",
-                "pr", "pr_over_d", "init_pr_over_d", "pr_tokens"]
+SUMMARY_COLS = ["model", "params", "layer", "relative_depth", "top10_mass", "init_top10_mass", "below10_rms", "init_below10_rms",
+                "pr_over_d", "init_pr_over_d", "pr_tokens", "frac_active", "init_frac_active"]
 
 def _csv_summary(run_dir, name: str, cols: list, digits: int):
     "The run's CSV `name` reduced to `cols` (those it has), rounded; None when the run has none."
@@ -52,9 +52,36 @@ def _csv_summary(run_dir, name: str, cols: list, digits: int):
     df = pd.read_csv(f)
     return df[[c for c in cols if c in df]].round(digits)
 
+NOT_MEANINGFUL = "n/a (gated)"
+
 def sparsity_summary(run_dir):
-    "The run's `sparsity.csv` reduced to the overview columns (None when the run has none)."
-    return _csv_summary(run_dir, "sparsity.csv", SUMMARY_COLS, 4)
+    """The run's `sparsity.csv` reduced to the overview columns (None when the run has none), magnitude views first.
+    At gated-MLP sites (`frac_active_meaningful` false) the activation fraction reads `n/a (gated)`: their site is
+    sign-symmetric, so `a > 0` holds for half of the entries whatever the units do."""
+    df = _csv_summary(run_dir, "sparsity.csv", SUMMARY_COLS + ["frac_active_meaningful"], 4)
+    if df is None: return None
+    if "frac_active_meaningful" in df:
+        bad = ~df.pop("frac_active_meaningful").fillna(True).astype(bool)
+        for c in ("frac_active", "init_frac_active"):
+            if c in df and bad.any(): df[c] = df[c].astype(object).where(~bad, NOT_MEANINGFUL)
+    return df
+
+def _has_gated(df) -> bool:
+    return "frac_active" in df and bool((df.frac_active.astype(str) == NOT_MEANINGFUL).any())
+
+MODEL_COLS = ["model", "params", "n_layers", "d_mlp", "mlp", "weights"]
+
+def models_summary(run_dir):
+    "One row per model of the run: size, depth, MLP kind and where its weights come from (None without `sparsity.csv`)."
+    df = _csv_summary(run_dir, "sparsity.csv", MODEL_COLS, 4)
+    if df is None: return None
+    return df.drop_duplicates("model").reset_index(drop=True)
+
+GATED_TEXT = ("At gated-MLP sites (SwiGLU: the site is silu(gate) * up) the activation is sign-symmetric: a > 0 holds for "
+              "half of the entries in the trained model and at random init alike, so the activation fraction is marked "
+              "n/a there. Read the magnitude views instead: the share of each token's L1 mass in its top 10% of units "
+              "(top10_mass) and the share of entries below 10% of the layer's RMS (below10_rms), each next to its random-init "
+              "value; specialization counts a unit active in its own top q of values.")
 
 IMPORTANCE_COLS = ["model", "layer", "mlp_zero_cost", "init_mlp_zero_cost", "mlp_mean_cost", "init_mlp_mean_cost", "importance_tokens"]
 
@@ -98,7 +125,11 @@ def write_quarto_project(run_dir) -> dict:
     im = importance_summary(run_dir)
     if im is not None: lines += ["## Site importance", "", IMPORTANCE_TEXT, "", im.to_markdown(index=False), ""]
     df = sparsity_summary(run_dir)
-    if df is not None: lines += ["## Sparsity", "", df.to_markdown(index=False), ""]
+    if df is not None:
+        lines += ["## Sparsity", "", df.to_markdown(index=False), ""]
+        if _has_gated(df): lines += [GATED_TEXT, ""]
+    ms = models_summary(run_dir)
+    if ms is not None: lines += ["## Models", "", ms.to_markdown(index=False), ""]
     sm = specialization_summary(run_dir)
     if sm is not None:
         lines += ["## Specialization and modularity", "",
@@ -333,6 +364,10 @@ def _nbconvert_site(run_dir, log=print) -> Path:
     st = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     df = sparsity_summary(run_dir)
     table = "" if df is None else df.to_html(index=False, border=0, classes="tbl")
+    if df is not None and _has_gated(df):
+        table += f"<p>{html.escape(GATED_TEXT)}</p>"
+    ms = models_summary(run_dir)
+    if ms is not None: table += "<h2>Models</h2>" + ms.to_html(index=False, border=0, classes="tbl")
     im, sm = importance_summary(run_dir), specialization_summary(run_dir)
     imp_html = "" if im is None else f"<h2>Site importance</h2><p>{html.escape(IMPORTANCE_TEXT)}</p>" + im.to_html(index=False, border=0, classes="tbl")
     spec_html = "" if sm is None else "<h2>Specialization and modularity</h2>" + sm.to_html(index=False, border=0, classes="tbl")
