@@ -14,7 +14,8 @@ from .core import SdlmsError, sha256_file, write_json
 from .metrics import LayerStats
 
 # %% auto #0
-__all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_mask', 'capture', 'block_losses', 'per_task_loss',
+__all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_mask', 'StopForward', 'capture', 'decoder_layers',
+           'site_layer', 'ResidualStore', 'site_variants', 'variant_losses', 'block_losses', 'per_task_loss',
            'site_replaced', 'zero_fn', 'constant_fn', 'site_means', 'importance_blocks', 'mlp_importance']
 
 # %% ../nbs/06_capture.ipynb #7a7caa63
@@ -161,11 +162,14 @@ def pr_mask(n_tokens: int, rate: float, max_tokens: int, seed: int) -> np.ndarra
     m[np.random.default_rng(seed).choice(n_tokens, size=k, replace=False)] = True
     return m
 
+class StopForward(Exception):
+    "Raised by a hook to end a forward pass once everything it needs has been seen (caught by the caller)."
+
 def capture(model, blocks, layers: list, topk_fracs=(0.1, 0.3, 0.5), pr_token_rate: float = 1.0,
             pr_max_tokens: int = 65536, pr_source: str = "stream", batch_size: int = 16, seed: int = 0, cache_root=None,
             cache_dtype: str = "float16", shard_tokens: int = 8192, cache_meta: dict | None = None,
-            desc: str = "capture", progress: bool = True, stats: bool = True) -> dict:
-    """Run `blocks` (a `ProbeBlocks`) through `model` once, hooking every layer in `layers`.
+            desc: str = "capture", progress: bool = True, stats: bool = True, rms_fracs=(0.1, 0.5)) -> dict:
+    """Run `blocks` (a `ProbeBlocks`) through `model` once, hooking every layer in `layers` (each pass stops at the deepest one).
     Returns `{layer: LayerStats.result()}`; with `cache_root`, writes `cache_root/L<layer>/` caches too.
     The PR covariance and top-k mass use the seeded token subsample `pr_mask(...)`: accumulated during the
     forward pass (`pr_source="stream"`) or read back from the cache afterwards (`"cache"`, needs `cache_root`)."""
@@ -181,14 +185,14 @@ def capture(model, blocks, layers: list, topk_fracs=(0.1, 0.3, 0.5), pr_token_ra
     task_T = torch.from_numpy(np.repeat(blocks.task_B, blocks.block_size))
     mask_np = pr_mask(blocks.n_tokens, pr_token_rate, pr_max_tokens, seed)
     mask = torch.from_numpy(mask_np) if pr_source == "stream" else None
-    st = {l: LayerStats(sites[l].d_mlp, len(blocks.tasks), topk_fracs) for l in layers} if stats else {}
+    st = {l: LayerStats(sites[l].d_mlp, len(blocks.tasks), topk_fracs, rms_fracs) for l in layers} if stats else {}
     writers = {}
     if cache_root is not None:
         index = blocks.token_index()
         for l in layers:
             writers[l] = ActivationCacheWriter(Path(cache_root) / f"L{l}", sites[l].d_mlp, cache_dtype, shard_tokens,
                                                {**(cache_meta or {}), "layer": l, "site": sites[l].name})
-    cur = {}
+    cur, last = {}, max(layers, default=None)
     def make_hook(l):
         def hook(mod, inp):
             a = inp[0].detach().reshape(-1, inp[0].shape[-1])
@@ -196,6 +200,7 @@ def capture(model, blocks, layers: list, topk_fracs=(0.1, 0.3, 0.5), pr_token_ra
             if l in st: st[l].update(a.float().cpu() if a.device.type != "cpu" else a, task_T[sl],
                                      None if mask is None else mask[sl], block=blocks.block_size)
             if l in writers: writers[l].append(a)
+            if l == last: raise StopForward               # nothing after the deepest site is needed
         return hook
     hooks = [sites[l].module.register_forward_pre_hook(make_hook(l)) for l in layers]
     try:
@@ -203,7 +208,8 @@ def capture(model, blocks, layers: list, topk_fracs=(0.1, 0.3, 0.5), pr_token_ra
             for i in tqdm(range(0, len(ids), batch_size), desc=desc, disable=not progress, unit="batch", mininterval=2.0):
                 x = ids[i:i + batch_size]
                 cur["sl"] = slice(i * blocks.block_size, (i + len(x)) * blocks.block_size)
-                model(input_ids=x.to(dev))
+                try: model(input_ids=x.to(dev), use_cache=False)
+                except StopForward: pass
     finally:
         for h in hooks: h.remove()
     for l, w in writers.items(): w.close(index)
@@ -214,6 +220,217 @@ def capture(model, blocks, layers: list, topk_fracs=(0.1, 0.3, 0.5), pr_token_ra
     out = {l: s.result() for l, s in st.items()}
     for r in out.values(): r["pr_source"] = pr_source
     return out
+
+# %% ../nbs/06_capture.ipynb #5e4c8aa3
+from contextlib import contextmanager, nullcontext
+
+def decoder_layers(model) -> list:
+    "The decoder layers (transformer blocks) of `model`, in order: the modules that hold the MLP sites."
+    from sdlms.models import SITE_REGISTRY, _get, check_architecture
+    check_architecture(model.config.model_type)
+    path = SITE_REGISTRY[model.config.model_type][0]
+    try: return list(_get(model, path))
+    except AttributeError: return list(_get(model, path.split(".", 1)[1]))      # a base model without the LM head
+
+def site_layer(model, site_module) -> int:
+    "Index of the decoder layer that holds `site_module`."
+    for i, L in enumerate(decoder_layers(model)):
+        if any(m is site_module for m in L.modules()): return i
+    raise SdlmsError("the site module is not part of this model's decoder layers")
+
+def _block_keys(ids_BT) -> list:
+    "The key of each token block (row): its token ids as int64 bytes."
+    return [r.tobytes() for r in np.asarray(ids_BT, dtype=np.int64)]
+
+def _hidden(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+class ResidualStore:
+    """The hidden states entering decoder layers `layers` of `model` for each token block (a row of `input_ids`, recognised
+    by its token ids), from which later forward passes restart. `recording()` stores them during ordinary passes;
+    `restarting(l)` makes passes on stored blocks skip the layers before `l`; `save` / `load` carry them to another
+    process (the capture stage's to the SAE stage). Passes must use default positions and no
+    padding mask (`block_losses`, `variant_losses` do). `n_full` / `n_restarted` count the passes of each kind."""
+    def __init__(self, model, layers):
+        self.model, self.layers = model, sorted({int(l) for l in layers})
+        self.dec = decoder_layers(model)
+        bad = [l for l in self.layers if not 0 <= l < len(self.dec)]
+        if bad: raise SdlmsError(f"layers {bad} do not exist; the model has layers 0..{len(self.dec) - 1}")
+        self.states = {l: {} for l in self.layers}
+        self.n_full = self.n_restarted = 0
+        self._keys, self._hit, self._hooked = None, False, False
+
+    def missing(self, layer: int, ids_BT) -> np.ndarray:
+        "Indices of the rows of `ids_BT` whose states entering `layer` are not stored."
+        keys = _block_keys(ids_BT)
+        return np.array([i for i, k in enumerate(keys) if k not in self.states[layer]], dtype=np.int64)
+
+    @contextmanager
+    def _track(self, record_layers, restart_layer=None):
+        emb = self.model.get_input_embeddings()
+        def reset(mod, args, kwargs): self._keys, self._hit = None, False
+        def see_ids(mod, args):
+            self._keys = _block_keys(args[0].detach().cpu().numpy())
+            self._hit = self._hooked = False
+            if restart_layer is not None:      # a hook on a skipped layer must run, and may change the states: no restart
+                self._hooked = any(m._forward_pre_hooks or m._forward_hooks for L in self.dec[:restart_layer] for m in L.modules())
+                self._hit = not self._hooked and all(k in self.states[restart_layer] for k in self._keys)
+            if self._hit: self.n_restarted += 1
+            else: self.n_full += 1
+        def at_layer(l):
+            def hook(mod, args, kwargs):
+                if self._keys is None: return None                # inputs_embeds given: nothing to key on
+                h = _hidden(args, kwargs)
+                if l == restart_layer and self._hit:
+                    h = torch.stack([self.states[l][k] for k in self._keys]).to(h.dtype)
+                    self._keys, self._hit = None, False
+                    return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+                if l in record_layers and not self._hooked and len(h) == len(self._keys):
+                    st = self.states[l]
+                    for k, x in zip(self._keys, h.detach()):
+                        if k not in st: st[k] = x.clone()
+                return None
+            return hook
+        hooks = [self.model.register_forward_pre_hook(reset, with_kwargs=True), emb.register_forward_pre_hook(see_ids)]
+        hooks += [self.dec[l].register_forward_pre_hook(at_layer(l), with_kwargs=True)
+                  for l in sorted(set(record_layers) | ({restart_layer} - {None}))]
+        patched = []
+        if restart_layer is not None:
+            for L in self.dec[:restart_layer]:
+                own = L.__dict__.get("forward")
+                inner = own if own is not None else type(L).forward.__get__(L)
+                def skip(*args, _inner=inner, **kwargs):
+                    return _hidden(args, kwargs) if self._hit else _inner(*args, **kwargs)
+                L.forward = skip
+                patched.append((L, own))
+        try: yield self
+        finally:
+            for h in hooks: h.remove()
+            for L, own in patched:
+                if own is None: del L.forward
+                else: L.forward = own
+            self._keys, self._hit = None, False
+
+    def recording(self):
+        "Context: every forward pass stores the states entering each of `layers` for its blocks (first pass wins)."
+        return self._track(self.layers)
+
+    def restarting(self, layer: int):
+        """Context: a forward pass whose blocks are all stored skips the layers before `layer` (they return their input)
+        and starts `layer` from the stored states; other passes run in full and store their states, except passes while
+        a skipped layer carries a hook (the hook runs; its states are not stored)."""
+        if layer not in self.states: raise SdlmsError(f"layer {layer} is not one of this store's layers {self.layers}")
+        return self._track([layer], layer)
+
+    def _fingerprint(self) -> dict:
+        "What the stored states depend on besides the token ids: architecture, dtype and a checksum of the weights."
+        w = self.model.get_input_embeddings().weight
+        L0 = self.dec[0]
+        return {"model_type": self.model.config.model_type, "dtype": str(w.dtype),
+                "checksum": [float(w.double().sum()), float(sum(q.double().sum() for q in L0.parameters()))]}
+
+    def save(self, path):
+        "Write the stored states (float32 or the model's dtype) with their token ids and the model's fingerprint to `path`."
+        out = {"fingerprint": self._fingerprint(), "layers": {}}
+        for l, st in self.states.items():
+            if st: out["layers"][l] = {"ids": torch.from_numpy(np.stack([np.frombuffer(k, dtype=np.int64) for k in st])),
+                                       "states": torch.stack(list(st.values())).cpu()}
+        torch.save(out, path)
+        return path
+
+    @classmethod
+    def load(cls, model, path, layers=None) -> "ResidualStore":
+        """A store for `model` holding `layers` (default: those saved), with the states saved at `path` when they were
+        computed by the same weights (else none: they are recomputed when needed)."""
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        st = cls(model, layers if layers is not None else list(d["layers"]))
+        if d["fingerprint"] != st._fingerprint(): return st
+        dev = next(model.parameters()).device
+        for l, v in d["layers"].items():
+            if int(l) in st.states:
+                st.states[int(l)] = dict(zip(_block_keys(v["ids"].numpy()), v["states"].to(dev)))
+        return st
+
+    @torch.inference_mode()
+    def fill(self, ids_BT, batch_size: int = 16):
+        "Store the states of the blocks of `ids_BT` not yet stored, with passes that stop at the deepest layer needed."
+        ids = np.asarray(ids_BT)
+        todo = np.unique(np.concatenate([self.missing(l, ids) for l in self.layers]))
+        if not len(todo): return self
+        dev = next(self.model.parameters()).device
+        last = max(l for l in self.layers if len(self.missing(l, ids[todo])))
+        def stop(mod, args, kwargs): raise StopForward
+        with self.recording():
+            h = self.dec[last].register_forward_pre_hook(stop, with_kwargs=True)   # registered after the recording hook
+            try:
+                for i in range(0, len(todo), batch_size):
+                    try: self.model(input_ids=torch.as_tensor(ids[todo[i:i + batch_size]]).to(dev), use_cache=False)
+                    except StopForward: pass
+            finally: h.remove()
+        return self
+
+@contextmanager
+def site_variants(site_module, fns: list, rows_per_variant):
+    """Within the block, a forward pass's rows are split into consecutive runs: rows `[s, e)` of run `j` get the site
+    replacement `fns[j]` (a function of the flattened `(tokens, d_mlp)` activations; `None` = unchanged). The runs are
+    read from the mutable list `rows_per_variant` of `(fn index, n_rows)` at each pass."""
+    def hook(mod, inp):
+        a = inp[0]
+        if all(fns[j] is None for j, _ in rows_per_variant): return None
+        out, s = a.clone(), 0
+        for j, n in rows_per_variant:
+            if fns[j] is not None:
+                x = a[s:s + n]
+                out[s:s + n] = fns[j](x.reshape(-1, x.shape[-1])).reshape(x.shape).to(a.dtype)
+            s += n
+        if s != len(a): raise SdlmsError(f"site_variants: the pass has {len(a)} rows, the runs name {s}")
+        return (out, *inp[1:])
+    h = site_module.register_forward_pre_hook(hook)
+    try: yield
+    finally: h.remove()
+
+@torch.inference_mode()
+def variant_losses(model, site_module, ids_BT, task_B, n_tasks: int, fns: dict, batch_size: int = 16, restart: bool = True,
+                   store: ResidualStore | None = None, progress: bool = False, desc: str = "variants") -> dict:
+    """Per-task summed per-block mean next-token loss and block counts, `{name: (tot_K, cnt_K)}`, with the input of
+    `site_module` replaced by each `fns[name]` (`None` = clean), as `block_losses` under `site_replaced` would give them
+    one variant at a time. (variant, block) pairs are packed `batch_size` rows per pass; with `restart`, passes restart
+    at the site's layer from the states entering it (`ResidualStore`, computed once: by the clean variant's passes when
+    there is one, else by passes that stop at that layer)."""
+    import torch.nn.functional as Fn
+    from tqdm.auto import tqdm
+    dev = next(model.parameters()).device
+    ids = np.asarray(ids_BT, dtype=np.int64); task_B = np.asarray(task_B)
+    names = list(fns); fl = [fns[n] for n in names]
+    out = {n: (np.zeros(n_tasks), np.zeros(n_tasks)) for n in names}
+    if not len(ids) or not names: return out
+    layer = site_layer(model, site_module) if restart else None
+    if restart and (store is None or layer not in store.states): store = ResidualStore(model, [layer])
+    clean = [j for j, f in enumerate(fl) if f is None]
+    rest = [j for j, f in enumerate(fl) if f is not None]
+    if restart and not clean: store.fill(ids, batch_size)
+    # clean passes first and on their own (they store the states), then the replacements, packed
+    chunks = [c[i:i + batch_size] for c in ([(j, b) for j in clean for b in range(len(ids))],
+                                            [(j, b) for j in rest for b in range(len(ids))]) for i in range(0, len(c), batch_size)]
+    runs = []
+    ctx = store.restarting(layer) if restart else nullcontext()
+    with ctx, site_variants(site_module, fl, runs):
+        for chunk in tqdm(chunks, desc=desc, disable=not progress, unit="pass", mininterval=2.0):
+            runs.clear()
+            for j, _ in chunk:
+                if runs and runs[-1][0] == j: runs[-1] = (j, runs[-1][1] + 1)
+                else: runs.append((j, 1))
+            bl = np.array([b for _, b in chunk])
+            x = torch.as_tensor(ids[bl]).to(dev)
+            logits = model(input_ids=x, use_cache=False).logits.float()
+            l = Fn.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+            l = l.view(len(x), -1).mean(1).cpu().numpy()
+            s = 0
+            for j, n in runs:
+                tot, cnt = out[names[j]]
+                np.add.at(tot, task_B[bl[s:s + n]], l[s:s + n]); np.add.at(cnt, task_B[bl[s:s + n]], 1); s += n
+    return out
+
 
 # %% ../nbs/06_capture.ipynb #c0fbcc15
 from contextlib import contextmanager
@@ -284,11 +501,15 @@ def importance_blocks(task_B, blocks_per_task: int = 0, seed: int = 0) -> np.nda
                                               replace=False) for t in np.unique(task_B)]))
 
 def mlp_importance(model, blocks, layers: list, batch_size: int = 16, blocks_per_task: int = 0, seed: int = 0,
-                   progress: bool = False, desc: str = "site importance") -> dict:
+                   progress: bool = False, desc: str = "site importance", restart: bool = True, store=None) -> dict:
     """Does the model use each MLP site? The probe-loss increase (nats; tasks weighted equally) when the site's units
     are zeroed (`mlp_zero_cost`) or set to their mean over the same tokens (`mlp_mean_cost`), one site at a time.
-    Returns `{layer: {mlp_zero_cost, mlp_mean_cost, loss_clean, importance_tokens}}`. Read no metric of a site
-    whose costs are near 0: the model does not use that MLP."""
+    Returns `{layer: {mlp_zero_cost, mlp_mean_cost, loss_clean, importance_tokens, task_losses, task_blocks, blocks}}`
+    (`task_losses`: per-task mean losses `{variant: {task: loss}}` of the clean, zeroed and mean-ablated model on the
+    probe blocks `blocks`, `task_blocks` of them per task: what loss recovered needs). Read no metric of a site whose costs are
+    near 0: the model does not use that MLP. One clean pass gives the clean loss, the site means and (`restart`) the
+    hidden states entering each site's layer (into `store`, a `ResidualStore` holding `layers`, when given); the ablated
+    passes restart there, both ablations packed together."""
     from tqdm import tqdm
     from sdlms.models import mlp_sites
     sites = {s.layer: s for s in mlp_sites(model)}
@@ -297,16 +518,29 @@ def mlp_importance(model, blocks, layers: list, batch_size: int = 16, blocks_per
     sel = importance_blocks(blocks.task_B, blocks_per_task, seed)
     ids, task_B = blocks.ids_BT[sel], blocks.task_B[sel]
     K = len(blocks.tasks)
-    def loss():
-        tot, cnt = block_losses(model, ids, task_B, K, batch_size)
-        return float(np.mean(tot[cnt > 0] / cnt[cnt > 0]))
-    clean = loss()
-    means = site_means(model, ids, {l: sites[l].module for l in layers}, batch_size)
+    per_task = lambda tot, cnt: {t: float(tot[k] / cnt[k]) for k, t in enumerate(blocks.tasks) if cnt[k] > 0}
+    avg = lambda tot, cnt: float(np.mean(tot[cnt > 0] / cnt[cnt > 0]))
+    if restart and (store is None or not set(layers) <= set(store.states)): store = ResidualStore(model, layers)
+    acc = {l: [0.0, 0] for l in layers}
+    def mean_hook(l):
+        def f(mod, inp):
+            a = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
+            acc[l][0] = acc[l][0] + a.sum(0); acc[l][1] += len(a)
+        return f
+    hs = [sites[l].module.register_forward_pre_hook(mean_hook(l)) for l in layers]
+    try:
+        with store.recording() if restart else nullcontext(): tot, cnt = block_losses(model, ids, task_B, K, batch_size)
+    finally:
+        for h in hs: h.remove()
+    clean = avg(tot, cnt)
+    means = {l: (s / n).float() for l, (s, n) in acc.items()}
     out = {}
     for l in tqdm(layers, desc=desc, disable=not progress, unit="site"):
-        with site_replaced(sites[l].module, zero_fn): z = loss()
-        with site_replaced(sites[l].module, constant_fn(means[l])): m = loss()
-        out[l] = {"mlp_zero_cost": z - clean, "mlp_mean_cost": m - clean, "loss_clean": clean,
-                  "importance_tokens": int(ids.size)}
+        r = variant_losses(model, sites[l].module, ids, task_B, K, {"zero": zero_fn, "mean": constant_fn(means[l])},
+                           batch_size, restart=restart, store=store)
+        out[l] = {"mlp_zero_cost": avg(*r["zero"]) - clean, "mlp_mean_cost": avg(*r["mean"]) - clean, "loss_clean": clean,
+                  "importance_tokens": int(ids.size),
+                  "task_losses": {"clean": per_task(tot, cnt), "zero": per_task(*r["zero"]), "mean": per_task(*r["mean"])},
+                  "task_blocks": {t: int(cnt[k]) for k, t in enumerate(blocks.tasks)}, "blocks": sel.tolist()}
     return out
 

@@ -339,6 +339,14 @@ def _validate_sae(p: RunParams, errors: list):
         try: parse_sae_params(g)
         except SdlmsError as e:
             errors += [l.strip()[2:] for l in str(e).splitlines()[1:] if l.strip()]; break
+    if p.sae.get("train_data") == "tasks":
+        from sdlms.data import hash_split
+        try: man = load_manifest(p.tasks_manifest)
+        except SdlmsError: return
+        held = [t for t in p.tasks if t in man and not hash_split(man[t])]
+        if held:
+            errors.append(f"sae.train_data 'tasks': {', '.join(held)} have no held-out training text (their probe items are every "
+                          "row of their dataset split); use generated tasks or built-in sources, or a train_data file")
 
 def parse_params(d: dict) -> RunParams:
     "Build and validate `RunParams` from a dict; raises one `SdlmsError` listing every problem."

@@ -20,8 +20,8 @@ __all__ = ['ARCHITECTURES', 'SAEParams', 'parse_sae_params', 'dict_size', 'skip_
            'StreamBatches', 'ActivationStream', 'collect_site_activations', 'stream_blocks', 'site_stream',
            'sparse_topk_sae_class', 'build_training_sae', 'recon', 'evaluate', 'TrainingError', 'train_sae',
            'calibrate_threshold', 'duplicate_latents', 'distinct_inputs', 'feature_stats', 'spliced_losses',
-           'loss_recovered', 'val_blocks', 'site_baselines', 'training_summary', 'probe_eval', 'dictionary_recovery',
-           'synthetic_stream', 'mlp_like_stream', 'ground_truth_check']
+           'loss_recovered', 'val_blocks', 'loss_blocks', 'site_baselines', 'training_summary', 'probe_eval',
+           'dictionary_recovery', 'synthetic_stream', 'mlp_like_stream', 'ground_truth_check']
 
 # %% ../nbs/11_sae.ipynb #9315fecb
 # architecture -> which sparsity knob it uses ("k": TopK family, "l1", "l0")
@@ -53,7 +53,8 @@ class SAEParams:
     train_tokens: int = F(200_000, (int,), "training tokens per SAE, from the site's training stream (model forward passes on "
                           "training text, never the probe tokens); one pass when the stream holds them all")
     train_data: str = F("generated", (str,), "text of the training stream: 'generated' (the generated corpus's train split, "
-                        "every task in equal parts: the micro-suite's own training distribution) or a local text dataset "
+                        "every task in equal parts: the micro-suite's own training distribution), 'tasks' (the train split of "
+                        "the run's probe tasks, equal parts: held-out text of the kinds probed, for a real model) or a local text dataset "
                         "(json/jsonl/csv/parquet/txt file or save_to_disk folder with a `text` field)")
     stream_seed: int = F(1, (int,), "seed of the training-stream text (the suite trains on `seed`; another seed draws fresh "
                          "text from the same distribution)")
@@ -223,12 +224,18 @@ def collect_site_activations(model, site_module, ids_BT, batch_size: int = 16) -
     if pos != ids.numel(): raise SdlmsError(f"the site saw {pos} of {ids.numel()} tokens; is `site_module` part of this model?")
     return out
 
-def stream_blocks(tokenizer, source: str, n_tokens: int, block_size: int, seed: int) -> np.ndarray:
+def stream_blocks(tokenizer, source: str, n_tokens: int, block_size: int, seed: int, tasks=None, manifest=None) -> np.ndarray:
     """Shuffled `(B, block_size)` token blocks, at least `n_tokens` in all, of training text: `source` 'generated' (the
-    generated corpus's train split, every task in equal parts, as the micro-suite is trained) or a local text dataset."""
+    generated corpus's train split, every task in equal parts, as the micro-suite is trained), 'tasks' (the train split
+    of the run's probe `tasks` from `manifest`, in equal parts: held-out text of the same kinds, for a real model) or a
+    local text dataset."""
     if source == "generated":
         from sdlms.suite import training_blocks
         return training_blocks(tokenizer, n_tokens, block_size, seed)
+    if source == "tasks":
+        from sdlms.data import load_manifest, train_blocks
+        if not tasks: raise SdlmsError("sae.train_data 'tasks' needs the run's probe tasks; pass `tasks`")
+        return train_blocks(tokenizer, tasks, manifest if manifest is not None else load_manifest(), n_tokens, block_size, seed)
     from sdlms.data import TaskSpec, load_dataset_items
     texts = load_dataset_items(TaskSpec(name="sae.train_data", kind="dataset", path=source, split="train"), seed)
     ids, need = [], -(-n_tokens // block_size) * block_size
@@ -240,17 +247,20 @@ def stream_blocks(tokenizer, source: str, n_tokens: int, block_size: int, seed: 
                          "(sae.train_tokens + sae.holdout_tokens); lower them or give more text")
     return np.asarray(ids[:need], dtype=np.int64).reshape(-1, block_size)
 
-def site_stream(model, tokenizer, site_module, p: SAEParams, block_size: int = 128, batch_size: int = 16) -> ActivationStream:
+def site_stream(model, tokenizer, site_module, p: SAEParams, block_size: int = 128, batch_size: int = 16, tasks=None,
+                manifest=None) -> ActivationStream:
     """The SAE training stream of one site: `p.train_tokens` (+ `p.holdout_tokens` held out) tokens of `p.train_data` text
-    run through `model`, the site's activations kept in memory. Never the probe tokens."""
+    run through `model`, the site's activations kept in memory. Never the probe tokens (`train_data: tasks` reads the
+    train split of the run's `tasks`)."""
     n_hold = -(-p.holdout_tokens // block_size)
-    ids = stream_blocks(tokenizer, p.train_data, p.train_tokens + n_hold * block_size, block_size, p.stream_seed)
+    ids = stream_blocks(tokenizer, p.train_data, p.train_tokens + n_hold * block_size, block_size, p.stream_seed, tasks, manifest)
     t0 = time.perf_counter()
     acts = collect_site_activations(model, site_module, ids, batch_size)
     secs = time.perf_counter() - t0
     cut = n_hold * block_size
     return ActivationStream(acts[cut:], acts[:cut], {
-        "train_data": "generated corpus, train split" if p.train_data == "generated" else str(p.train_data),
+        "train_data": "generated corpus, train split" if p.train_data == "generated" else
+                      f"train split of the tasks {', '.join(tasks or [])}" if p.train_data == "tasks" else str(p.train_data),
         "stream_seed": p.stream_seed, "block_size": block_size, "forward_s": round(secs, 2),
         "forward_tokens_per_s": round(len(acts) / max(secs, 1e-9), 1)})
 
@@ -567,14 +577,16 @@ def feature_stats(sae, cache: ActivationCache, tasks: list, p: SAEParams | None 
 
 # %% ../nbs/11_sae.ipynb #458ab95b
 @torch.no_grad()
-def spliced_losses(model, ids_BT, task_B, tasks, site_module, replacements: dict, batch_size: int = 8) -> "pd.DataFrame":
+def spliced_losses(model, ids_BT, task_B, tasks, site_module, replacements: dict, batch_size: int = 8, restart: bool = True,
+                   store=None) -> "pd.DataFrame":
     """Per-task mean next-token loss with the input of `site_module` replaced by each `replacements[name](a_ND)`
-    (`None` = clean). Returns a DataFrame with columns variant, task, loss."""
+    (`None` = clean). Returns a DataFrame with columns variant, task, loss. The variants share passes
+    (`sdlms.capture.variant_losses`), restarted at the site's layer (`restart`; `store`: a `ResidualStore` to reuse)."""
     import pandas as pd
-    from sdlms.capture import site_replaced
+    from sdlms.capture import variant_losses
+    L = variant_losses(model, site_module, ids_BT, task_B, len(tasks), replacements, batch_size, restart=restart, store=store)
     rows = []
-    for name, fn in replacements.items():
-        with site_replaced(site_module, fn): tot, cnt = block_losses(model, ids_BT, task_B, len(tasks), batch_size)
+    for name, (tot, cnt) in L.items():
         rows += [{"variant": name, "task": t, "loss": tot[k] / max(cnt[k], 1)} for k, t in enumerate(tasks)]
         rows.append({"variant": name, "task": "all", "loss": float(tot.sum() / max(cnt.sum(), 1))})
     return pd.DataFrame(rows)
@@ -602,13 +614,47 @@ def val_blocks(cache: ActivationCache, rows, tasks):
     tmap = {t: k for k, t in enumerate(tasks)}
     return ids, ix.groupby("block").task.first().map(tmap).values.astype(np.int64)
 
+def loss_blocks(cache: ActivationCache, tasks, blocks_per_task: int = 0, seed: int = 0) -> tuple:
+    """The probe blocks on which spliced losses are measured: the capture stage's site-importance blocks
+    (`sdlms.capture.importance_blocks` with `capture.importance_blocks_per_task` and the run's seed; 0: all).
+    Returns `(ids_BT, task_B, block_ids)`."""
+    from sdlms.capture import importance_blocks
+    ix = cache.index
+    tmap = {t: k for k, t in enumerate(tasks)}
+    first = ix.groupby("block").task.first()
+    sel = first.index.values[importance_blocks(first.map(tmap).values.astype(np.int64), blocks_per_task, seed)]
+    ids, tb = val_blocks(cache, ix.token.values[ix.block.isin(sel).values], tasks)
+    return ids, tb, sel
+
+
 # %% ../nbs/11_sae.ipynb #e0b7d3f4
-def site_baselines(model, site_module, cache: ActivationCache, tasks: list, batch_size: int = 16) -> "pd.DataFrame":
-    "Per-task probe losses of the clean model and with the site zeroed or set to its probe mean: the references of loss recovered."
-    from sdlms.capture import constant_fn, zero_fn
-    ids, tb = val_blocks(cache, cache.index.token.values, tasks)
-    return spliced_losses(model, ids, tb, tasks, site_module, {"clean": None, "zero": zero_fn, "mean": constant_fn(cache.mean())},
-                          batch_size)
+def site_baselines(model, site_module, cache: ActivationCache, tasks: list, batch_size: int = 16, blocks_per_task: int = 0,
+                   seed: int = 0, capture_record: dict | None = None, store=None) -> "pd.DataFrame":
+    """Per-task probe losses of the clean model and with the site zeroed or set to its mean over the same tokens, on the
+    `loss_blocks`: the references of loss recovered, i.e. the capture stage's site importance. `capture_record` (the
+    capture stage's `importance.json`) is used when it measured this site on the same tokens; else they are measured
+    here with the same routine (`sdlms.capture.mlp_importance`). `attrs["source"]` says which."""
+    import pandas as pd
+    from sdlms.core import sha256_bytes
+    from sdlms.capture import mlp_importance, site_layer
+    from sdlms.data import ProbeBlocks
+    ids, tb, sel = loss_blocks(cache, tasks, blocks_per_task, seed)
+    layer = site_layer(model, site_module)
+    rec = (capture_record or {}).get("layers", {}).get(str(layer))
+    if rec is not None and capture_record.get("blocks_hash") == sha256_bytes(ids.astype(np.int64).tobytes()):
+        source = "capture stage (importance.json)"
+    else:
+        pb = ProbeBlocks(ids, tb, list(tasks), ids.shape[1])
+        rec, source = mlp_importance(model, pb, [layer], batch_size, 0, seed, store=store)[layer], "measured in this stage"
+    rows = []
+    for v in ("clean", "zero", "mean"):
+        L = rec["task_losses"][v]
+        rows += [{"variant": v, "task": t, "loss": L[t]} for t in tasks if t in L]
+        n = sum(rec["task_blocks"][t] for t in L)
+        rows.append({"variant": v, "task": "all", "loss": float(sum(L[t] * rec["task_blocks"][t] for t in L) / max(n, 1))})
+    df = pd.DataFrame(rows)
+    df.attrs.update(source=source, blocks=[int(b) for b in sel], tokens=int(ids.size))
+    return df
 
 def training_summary(r: dict, stream: "ActivationStream") -> dict:
     "The training columns of `sae_metrics.csv` from a `train_sae` summary and its stream."
@@ -620,15 +666,19 @@ def training_summary(r: dict, stream: "ActivationStream") -> dict:
             "dead_train_min_density": 1.0 / r["dead_train_tokens"]}
 
 def probe_eval(sae, cache: ActivationCache, model, site_module, tasks: list, p: SAEParams, baselines, n_null: int = 20,
-               seed: int = 0, batch_size: int = 16) -> dict:
+               seed: int = 0, batch_size: int = 16, store=None) -> dict:
     """Evaluate a trained SAE on every probe token of `cache`: `row` (the evaluation columns of `sae_metrics.csv`),
     `features` (per-latent table), `losses` (per-task spliced losses), `recovered` (per-task loss recovered with notes),
-    `rates_KD` (per-task firing rates). `baselines` comes from `site_baselines` (shared by the site's SAEs)."""
+    `rates_KD` (per-task firing rates). `baselines` comes from `site_baselines` (shared by the site's SAEs); the SAE is
+    spliced in on the same blocks (`baselines.attrs["blocks"]`, else all), restarted from `store` (a `ResidualStore`)."""
     import pandas as pd
     ev = evaluate(sae, cache)
     fs = feature_stats(sae, cache, tasks, p, n_null, seed)
-    ids, tb = val_blocks(cache, cache.index.token.values, tasks)
-    L = pd.concat([baselines, spliced_losses(model, ids, tb, tasks, site_module, {"sae": lambda a: sae(a)}, batch_size)], ignore_index=True)
+    ix = cache.index
+    rows = ix.token.values if "blocks" not in baselines.attrs else ix.token.values[ix.block.isin(baselines.attrs["blocks"]).values]
+    ids, tb = val_blocks(cache, rows, tasks)
+    L = pd.concat([baselines, spliced_losses(model, ids, tb, tasks, site_module, {"sae": lambda a: sae(a)}, batch_size, store=store)],
+                  ignore_index=True)
     rz, rm = loss_recovered(L, "zero", p.min_ablation_cost), loss_recovered(L, "mean", p.min_ablation_cost)
     w = L[L.task == "all"].set_index("variant").loss
     row = {"eval_tokens": ev["tokens"], "explained_variance": ev["explained_variance"], "mse": ev["mse"], "l0": ev["l0"],
@@ -638,7 +688,8 @@ def probe_eval(sae, cache: ActivationCache, model, site_module, tasks: list, p: 
            "dup_cos": p.dup_cos, "loss_clean": w["clean"], "loss_sae": w["sae"], "loss_zero": w["zero"], "loss_mean": w["mean"],
            "cost_zero": rz.cost["all"], "cost_mean": rm.cost["all"], "recovered_zero": rz.recovered["all"],
            "recovered_mean": rm.recovered["all"], "recovered_note": "; ".join(n for n in (rz.note["all"], rm.note["all"]) if n),
-           "min_ablation_cost": p.min_ablation_cost}
+           "min_ablation_cost": p.min_ablation_cost, "loss_tokens": int(ids.size),
+           "baselines_from": baselines.attrs.get("source", "")}
     feats = pd.DataFrame({"feature": np.arange(len(fs["density"])), "density": fs["density"], "tokens": fs["tokens"],
                           "si": fs["si"], "si_null": fs["si_null"],
                           "preferred_task": fs["preferred_task"], "duplicate": fs["duplicate_F"], "same_pattern": fs["same_pattern_F"],

@@ -1048,30 +1048,38 @@ def ablation_fn(units, mode: str = "zero", mean_U=None):
     return fn
 
 def ablation_matrix(model, site_module, ids_BT, task_B, tasks: list, sets: dict, n_units_total: int, mode: str = "zero",
-                    mean_U=None, n_controls: int = 3, seed: int = 0, batch_size: int = 16, progress: bool = False):
+                    mean_U=None, n_controls: int = 3, seed: int = 0, batch_size: int = 16, progress: bool = False,
+                    restart: bool = True):
     """Per-task loss change when each unit set in `sets` (`name -> {"kind", "target", "units"}`) is ablated at the input
-    of `site_module`, against `n_controls` random sets of the same size. One row per (set, task)."""
+    of `site_module`, against `n_controls` random sets of the same size. One row per (set, task). All variants (clean,
+    sets, controls) go through `sdlms.capture.variant_losses`: packed into shared passes that (`restart`) start at the
+    site's layer from the clean passes' hidden states."""
     import pandas as pd
-    from tqdm.auto import tqdm
-    from sdlms.sae import spliced_losses
-    def losses(fn):
-        df = spliced_losses(model, ids_BT, task_B, tasks, site_module, {"x": fn}, batch_size)
-        return df[df.task != "all"].set_index("task").loss
-    clean = losses(None)
-    rows, controls = [], {}
-    for name, s in tqdm(sets.items(), desc="ablations", disable=not progress):
+    from sdlms.capture import variant_losses
+    fns, sizes = {"clean": None}, []
+    for name, s in sets.items():
         units = np.asarray(s["units"], dtype=np.int64)
         if len(units) == 0: continue
-        hit = losses(ablation_fn(units, mode, mean_U))
+        fns[("set", name)] = ablation_fn(units, mode, mean_U)
         n = len(units)      # random controls depend only on the set size (seeded by it), so equal sizes share them
-        if n not in controls:
-            controls[n] = np.stack([losses(ablation_fn(np.random.default_rng([seed, n, c]).choice(n_units_total, n, replace=False),
-                                                       mode, mean_U)).values for c in range(n_controls)]) if n_controls else None
-        ctrl = controls[n]
+        if n not in sizes:
+            sizes.append(n)
+            for c in range(n_controls):
+                fns[("control", n, c)] = ablation_fn(np.random.default_rng([seed, n, c]).choice(n_units_total, n, replace=False), mode, mean_U)
+    L = variant_losses(model, site_module, ids_BT, task_B, len(tasks), fns, batch_size, restart=restart, progress=progress,
+                       desc="ablations")
+    loss = {k: tot / np.maximum(cnt, 1) for k, (tot, cnt) in L.items()}
+    clean, rows = loss["clean"], []
+    for name, s in sets.items():
+        units = np.asarray(s["units"], dtype=np.int64)
+        if len(units) == 0: continue
+        n, hit = len(units), loss[("set", name)]
+        ctrl = np.stack([loss[("control", n, c)] for c in range(n_controls)]) if n_controls else None
         for k, t in enumerate(tasks):
-            d = float(hit[t] - clean[t]); cd = ctrl[:, k] - clean[t].item() if ctrl is not None else np.zeros(1)
-            rows.append({"set": name, "kind": s["kind"], "target": s["target"], "n_units": len(units), "mode": mode, "task": t,
-                         "loss_clean": float(clean[t]), "loss_ablated": float(hit[t]), "delta": d,
+            d = float(hit[k] - clean[k]); cd = ctrl[:, k] - clean[k] if ctrl is not None else np.zeros(1)
+            rows.append({"set": name, "kind": s["kind"], "target": s["target"], "n_units": n, "mode": mode, "task": t,
+                         "loss_clean": float(clean[k]), "loss_ablated": float(hit[k]), "delta": d,
                          "control_delta": float(cd.mean()), "control_delta_sd": float(cd.std()) if n_controls > 1 else np.nan,
                          "specific_delta": d - float(cd.mean()), "n_controls": n_controls, "seed": seed})
     return pd.DataFrame(rows)
+
