@@ -41,7 +41,9 @@ def test_real_model_sae_and_specialization(smol_run):
     assert str(sae.train_data.iloc[0]).startswith("train split of the tasks") and "pycode" in str(sae.train_data.iloc[0])
     spec = pd.read_csv(smol_run / "si_modularity.csv")
     n, i = spec[spec.unit_kind == "neuron"].iloc[0], spec[spec.unit_kind == "neuron_init"].iloc[0]
-    assert n.si_mean > i.si_mean and n.si_mean > n.si_null_mean     # trained units more task-selective than init and the null
+    assert n.si_mean > n.si_null_mean + 0.05 and i.si_mean > i.si_null_mean    # both above their block label-shuffle null
+    # (trained vs init is a finding, not a known answer: on tasks with disjoint vocabularies the init twin's top-10% units,
+    # a fixed function of the current token, are more task-selective than the trained model's; the report shows both)
     assert {"Q_null_a_mean", "z_a", "Q_null_b_mean", "z_b"} <= set(spec.columns)
     page = (smol_run / "_site" / "index.html").read_text()
     assert "n/a (gated)" in page and "dequantised" in page
