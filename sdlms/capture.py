@@ -16,7 +16,8 @@ from .metrics import LayerStats
 # %% auto #0
 __all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_mask', 'StopForward', 'capture', 'decoder_layers',
            'site_layer', 'ResidualStore', 'site_variants', 'variant_losses', 'block_losses', 'per_task_loss',
-           'site_replaced', 'zero_fn', 'constant_fn', 'site_means', 'importance_blocks', 'mlp_importance']
+           'site_replaced', 'zero_fn', 'constant_fn', 'site_mean_recorder', 'site_means', 'importance_blocks',
+           'mlp_importance']
 
 # %% ../nbs/06_capture.ipynb #7a7caa63
 class ActivationCacheWriter:
@@ -393,8 +394,8 @@ def site_variants(site_module, fns: list, rows_per_variant):
 def variant_losses(model, site_module, ids_BT, task_B, n_tasks: int, fns: dict, batch_size: int = 16, restart: bool = True,
                    store: ResidualStore | None = None, progress: bool = False, desc: str = "variants") -> dict:
     """Per-task summed per-block mean next-token loss and block counts, `{name: (tot_K, cnt_K)}`, with the input of
-    `site_module` replaced by each `fns[name]` (`None` = clean), as `block_losses` under `site_replaced` would give them
-    one variant at a time. (variant, block) pairs are packed `batch_size` rows per pass; with `restart`, passes restart
+    `site_module` replaced by each `fns[name]` (`None` = clean; `site_module` None: clean passes only, as `block_losses`),
+    as `block_losses` under `site_replaced` would give them one variant at a time. (variant, block) pairs are packed `batch_size` rows per pass; with `restart`, passes restart
     at the site's layer from the states entering it (`ResidualStore`, computed once: by the clean variant's passes when
     there is one, else by passes that stop at that layer)."""
     import torch.nn.functional as Fn
@@ -404,6 +405,8 @@ def variant_losses(model, site_module, ids_BT, task_B, n_tasks: int, fns: dict, 
     names = list(fns); fl = [fns[n] for n in names]
     out = {n: (np.zeros(n_tasks), np.zeros(n_tasks)) for n in names}
     if not len(ids) or not names: return out
+    if site_module is None and any(f is not None for f in fns.values()):
+        raise SdlmsError("variant_losses: replacements need the site module they replace")
     layer = site_layer(model, site_module) if restart else None
     if restart and (store is None or layer not in store.states): store = ResidualStore(model, [layer])
     clean = [j for j, f in enumerate(fl) if f is None]
@@ -414,7 +417,7 @@ def variant_losses(model, site_module, ids_BT, task_B, n_tasks: int, fns: dict, 
                                             [(j, b) for j in rest for b in range(len(ids))]) for i in range(0, len(c), batch_size)]
     runs = []
     ctx = store.restarting(layer) if restart else nullcontext()
-    with ctx, site_variants(site_module, fl, runs):
+    with ctx, (site_variants(site_module, fl, runs) if site_module is not None else nullcontext()):
         for chunk in tqdm(chunks, desc=desc, disable=not progress, unit="pass", mininterval=2.0):
             runs.clear()
             for j, _ in chunk:
@@ -437,18 +440,7 @@ from contextlib import contextmanager
 
 def block_losses(model, ids_BT, task_B, n_tasks: int, batch_size: int = 16) -> tuple:
     "Summed per-block mean next-token loss and block counts per task: `(tot_K, cnt_K)` (what every loss table is built from)."
-    import torch.nn.functional as Fn
-    dev = next(model.parameters()).device
-    ids = torch.as_tensor(ids_BT); task_B = np.asarray(task_B)
-    tot = np.zeros(n_tasks); cnt = np.zeros(n_tasks)
-    with torch.inference_mode():
-        for i in range(0, len(ids), batch_size):
-            x = ids[i:i + batch_size].to(dev)
-            logits = model(input_ids=x).logits.float()
-            l = Fn.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-            l = l.view(len(x), -1).mean(1).cpu().numpy()
-            np.add.at(tot, task_B[i:i + len(x)], l); np.add.at(cnt, task_B[i:i + len(x)], 1)
-    return tot, cnt
+    return variant_losses(model, None, ids_BT, task_B, n_tasks, {"clean": None}, batch_size, restart=False)["clean"]
 
 def per_task_loss(model, blocks, batch_size: int = 16) -> dict:
     "Mean next-token loss (nats) per task over the probe blocks."
@@ -475,22 +467,28 @@ def constant_fn(v_D):
     "Replacement: every token's activations set to the vector `v_D` (e.g. the mean over the probe tokens)."
     return lambda a_ND: v_D.to(a_ND.device, a_ND.dtype).expand_as(a_ND)
 
-def site_means(model, ids_BT, site_modules: dict, batch_size: int = 16) -> dict:
-    "Mean activation vector of each site `{key: down-projection module}` over the tokens of `ids_BT`, in one pass."
-    dev = next(model.parameters()).device
-    acc = {k: [0.0, 0] for k in site_modules}
+@contextmanager
+def site_mean_recorder(site_modules: dict):
+    """Within the block, every forward pass adds its site activations to running sums (float64); yields a dict that holds
+    each site's mean vector `{key: (d,) float32}` once the block ends. `site_modules`: `{key: down-projection module}`."""
+    acc, means = {k: [0.0, 0] for k in site_modules}, {}
     def hook(k):
         def f(mod, inp):
             a = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
             acc[k][0] = acc[k][0] + a.sum(0); acc[k][1] += len(a)
         return f
     hs = [m.register_forward_pre_hook(hook(k)) for k, m in site_modules.items()]
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(ids_BT), batch_size): model(input_ids=torch.as_tensor(ids_BT[i:i + batch_size]).to(dev))
+    try: yield means
     finally:
         for h in hs: h.remove()
-    return {k: (s / n).float() for k, (s, n) in acc.items()}
+    means.update({k: (s / n).float() for k, (s, n) in acc.items() if n})
+
+def site_means(model, ids_BT, site_modules: dict, batch_size: int = 16) -> dict:
+    "Mean activation vector of each site `{key: down-projection module}` over the tokens of `ids_BT`, in one pass."
+    dev = next(model.parameters()).device
+    with site_mean_recorder(site_modules) as means, torch.inference_mode():
+        for i in range(0, len(ids_BT), batch_size): model(input_ids=torch.as_tensor(ids_BT[i:i + batch_size]).to(dev))
+    return means
 
 def importance_blocks(task_B, blocks_per_task: int = 0, seed: int = 0) -> np.ndarray:
     "Indices of the probe blocks used for site importance: all (0), or `blocks_per_task` seeded blocks of each task."
@@ -521,19 +519,9 @@ def mlp_importance(model, blocks, layers: list, batch_size: int = 16, blocks_per
     per_task = lambda tot, cnt: {t: float(tot[k] / cnt[k]) for k, t in enumerate(blocks.tasks) if cnt[k] > 0}
     avg = lambda tot, cnt: float(np.mean(tot[cnt > 0] / cnt[cnt > 0]))
     if restart and (store is None or not set(layers) <= set(store.states)): store = ResidualStore(model, layers)
-    acc = {l: [0.0, 0] for l in layers}
-    def mean_hook(l):
-        def f(mod, inp):
-            a = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
-            acc[l][0] = acc[l][0] + a.sum(0); acc[l][1] += len(a)
-        return f
-    hs = [sites[l].module.register_forward_pre_hook(mean_hook(l)) for l in layers]
-    try:
-        with store.recording() if restart else nullcontext(): tot, cnt = block_losses(model, ids, task_B, K, batch_size)
-    finally:
-        for h in hs: h.remove()
+    with site_mean_recorder({l: sites[l].module for l in layers}) as means, (store.recording() if restart else nullcontext()):
+        tot, cnt = block_losses(model, ids, task_B, K, batch_size)
     clean = avg(tot, cnt)
-    means = {l: (s / n).float() for l, (s, n) in acc.items()}
     out = {}
     for l in tqdm(layers, desc=desc, disable=not progress, unit="site"):
         r = variant_losses(model, sites[l].module, ids, task_B, K, {"zero": zero_fn, "mean": constant_fn(means[l])},

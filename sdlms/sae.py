@@ -13,7 +13,7 @@ import torch
 
 from .core import SdlmsError, set_seed, write_json
 from .config import F, _build
-from .capture import ActivationCache, block_losses, write_array_cache
+from .capture import ActivationCache, StopForward, write_array_cache
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'SAEParams', 'parse_sae_params', 'dict_size', 'skip_reason', 'init_norm', 'split_blocks',
@@ -199,8 +199,6 @@ def _compact(x: torch.Tensor) -> torch.Tensor:
     "float16 copy of float activations, bfloat16 where float16 would overflow."
     return x.to(torch.bfloat16 if x.numel() and float(x.abs().max()) > 65504 else torch.float16)
 
-class _StopForward(Exception): pass
-
 @torch.no_grad()
 def collect_site_activations(model, site_module, ids_BT, batch_size: int = 16) -> torch.Tensor:
     """The input of `site_module` (an MLP's down projection: the MLP activations) for token blocks `ids_BT`, as a
@@ -214,12 +212,12 @@ def collect_site_activations(model, site_module, ids_BT, batch_size: int = 16) -
         if out is None: out = torch.empty(ids.numel(), a.shape[1], dtype=torch.float16)
         if out.dtype == torch.float16 and float(a.abs().max()) > 65504: out = out.to(torch.bfloat16)
         out[pos:pos + len(a)] = a.to(out.dtype); pos += len(a)
-        raise _StopForward
+        raise StopForward
     h = site_module.register_forward_pre_hook(hook)
     try:
         for i in range(0, len(ids), batch_size):
             try: model(input_ids=ids[i:i + batch_size].to(dev), use_cache=False)
-            except _StopForward: pass
+            except StopForward: pass
     finally: h.remove()
     if pos != ids.numel(): raise SdlmsError(f"the site saw {pos} of {ids.numel()} tokens; is `site_module` part of this model?")
     return out
