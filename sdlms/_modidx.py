@@ -348,6 +348,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'sdlms/specialization.py'),
                                       'sdlms.specialization.q_verdict': ('specialization.html#q_verdict', 'sdlms/specialization.py'),
                                       'sdlms.specialization.si_analysis': ('specialization.html#si_analysis', 'sdlms/specialization.py'),
+                                      'sdlms.specialization.specialized_units': ( 'specialization.html#specialized_units',
+                                                                                  'sdlms/specialization.py'),
                                       'sdlms.specialization.split_half_stability': ( 'specialization.html#split_half_stability',
                                                                                      'sdlms/specialization.py'),
                                       'sdlms.specialization.token_keys': ('specialization.html#token_keys', 'sdlms/specialization.py'),

@@ -62,6 +62,8 @@ class SpecParams:
                               "is computed (active: topq)")
     n_null: int = F(20, (int,), "label shuffles (between text blocks) for the SI null")
     n_boot: int = F(200, (int,), "bootstrap resamples of text blocks for the SI confidence intervals")
+    si_cut: float = F(0.5, (int, float), "a live unit is specialized (spec_rate, units.parquet `specialized`) when its SI is above "
+                      "the 99th percentile of its own label-shuffle null and at least this")
     min_task_tokens: int = F(256, (int,), "error when a task has fewer tokens (rates would be noise)")
     warn_task_tokens: int = F(1024, (int,), "warn when a task has fewer tokens")
     init_twin: bool = F(True, (bool,), "also analyse the random-init twin's neurons on the same tokens")
@@ -262,6 +264,7 @@ def validate(p: RunParams, errors: list | None = None) -> list:
         if not 0 < sp.sparse_density < 1: errors.append(f"specialization.sparse_density: must be in (0, 1), got {sp.sparse_density}")
         if sp.min_enrichment < 1: errors.append(f"specialization.min_enrichment: must be >= 1 (1 = no task preference), got {sp.min_enrichment}")
         if sp.z_cut <= 0: errors.append(f"specialization.z_cut: must be > 0, got {sp.z_cut}")
+        if not 0 <= sp.si_cut <= 1: errors.append(f"specialization.si_cut: must be in [0, 1] (the range of SI), got {sp.si_cut}")
         if p.tokens_per_task < sp.min_task_tokens:
             errors.append(f"tokens_per_task ({p.tokens_per_task}) is below specialization.min_task_tokens ({sp.min_task_tokens}): "
                           "per-task rates would be noise; raise tokens_per_task")

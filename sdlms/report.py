@@ -102,7 +102,7 @@ IMPORTANCE_TEXT = ("Does the model use each MLP? Probe-loss increase (nats) when
                    "their mean, one site at a time, trained vs random init. Read no metric of a site marked unused: it "
                    "describes units the model does not rely on.")
 
-SPEC_COLS = ["model", "layer", "unit_kind", "n_live", "si_mean", "si_mean_lo", "si_mean_hi", "si_null_mean", "Q", "Q_null_a_mean", "z_a", "Q_null_b_mean", "z_b", "q_verdict",
+SPEC_COLS = ["model", "layer", "unit_kind", "n_live", "si_mean", "si_mean_lo", "si_mean_hi", "si_null_mean", "spec_rate", "Q", "Q_null_a_mean", "z_a", "Q_null_b_mean", "z_b", "q_verdict",
              "n_communities", "pair_method"]
 
 def specialization_summary(run_dir):

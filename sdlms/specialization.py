@@ -23,11 +23,11 @@ _NUMBA_CACHE = "__file__" in globals()   # cache compiled kernels next to the mo
 
 # %% auto #0
 __all__ = ['ACTIVE_DEFS', 'DENSE_S_PER_PAIR_TOKEN', 'SPARSE_S_PER_PAIR_OP', 'SI_CUTS', 'NULLS', 'PAIR_BUDGET', 'unit_thresholds',
-           'ActivityStats', 'token_keys', 'collect_activity', 'bootstrap_weights', 'si_analysis', 'ppmi_topk_dense',
-           'ppmi_topk_sparse', 'split_half_stability', 'topk_edges', 'louvain_modularity', 'null_activity', 'nmi',
-           'pair_cost', 'null_z', 'q_verdict', 'coactivation_modularity', 'PlantedModules', 'cache_chunks',
-           'check_task_tokens', 'community_enrichment', 'community_sets', 'pair_tokens_for', 'analyse_units',
-           'community_drawing', 'top_si_sets', 'ablation_fn', 'ablation_matrix']
+           'ActivityStats', 'token_keys', 'collect_activity', 'bootstrap_weights', 'si_analysis', 'specialized_units',
+           'ppmi_topk_dense', 'ppmi_topk_sparse', 'split_half_stability', 'topk_edges', 'louvain_modularity',
+           'null_activity', 'nmi', 'pair_cost', 'null_z', 'q_verdict', 'coactivation_modularity', 'PlantedModules',
+           'cache_chunks', 'check_task_tokens', 'community_enrichment', 'community_sets', 'pair_tokens_for',
+           'analyse_units', 'community_drawing', 'top_si_sets', 'ablation_fn', 'ablation_matrix']
 
 # %% ../nbs/13_specialization.ipynb #66bf8811
 ACTIVE_DEFS = {"gt0": "value > 0", "topq": "value in the top q of the unit's own distribution (per-unit quantile on a token sample)"}
@@ -299,7 +299,8 @@ SI_CUTS = (0.3, 0.5, 0.7)
 def si_analysis(counts_BU, tokens_B, task_B, tasks: list, n_null: int = 20, n_boot: int = 200, seed: int = 0,
                 chunk: int = 4096) -> dict:
     """SI per unit with its baselines from per-block counts: label-shuffle null (`n_null` shuffles), bootstrap CIs
-    over blocks (`n_boot`). Returns per-unit arrays and a dict of layer statistics."""
+    over blocks (`n_boot`). Returns per-unit arrays (SI, the null's mean and 99th percentile per unit, rates,
+    preferred task, live) and a dict of layer statistics."""
     K = len(tasks)
     if K < 2: raise SdlmsError(f"the specialization index needs at least 2 tasks, got {K}: {tasks}")
     counts_BU = np.asarray(counts_BU); tokens_B = np.asarray(tokens_B); task_B = np.asarray(task_B)
@@ -310,7 +311,10 @@ def si_analysis(counts_BU, tokens_B, task_B, tasks: list, n_null: int = 20, n_bo
     for i in range(n_null):
         s = specialization_index(task_rates(counts_BU, tokens_B, shuffled_tasks(task_B, [seed, i]), K))
         null_si[i] = s; null_means.append(np.nanmean(s[live]) if live.any() else np.nan)
-    null_mean_U = np.nanmean(null_si, 0) if n_null else np.full(len(si), np.nan)
+    with warnings.catch_warnings():     # dead units: all-NaN columns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        null_mean_U = np.nanmean(null_si, 0) if n_null else np.full(len(si), np.nan)
+        null_p99_U = np.nanpercentile(null_si, 99, axis=0) if n_null else np.full(len(si), np.nan)
     boot_mean, boot_excess = [], []
     if n_boot:
         W = bootstrap_weights(task_B, n_boot, [seed, 10 ** 6])
@@ -339,8 +343,16 @@ def si_analysis(counts_BU, tokens_B, task_B, tasks: list, n_null: int = 20, n_bo
             stats[f"{name}_lo"] = float(2 * stats[name] - np.nanpercentile(b, 97.5))
             stats[f"{name}_hi"] = float(2 * stats[name] - np.nanpercentile(b, 2.5))
     pref = np.where(live, np.argmax(np.where(np.isnan(rates), -1, rates), 0), -1)
-    return {"si_U": si, "si_null_U": null_mean_U, "rates_KU": rates, "preferred_U": pref, "live_U": live,
+    return {"si_U": si, "si_null_U": null_mean_U, "si_null_p99_U": null_p99_U, "rates_KU": rates, "preferred_U": pref, "live_U": live,
             "density_U": counts_BU.sum(0) / max(tokens_B.sum(), 1), "stats": stats}
+
+def specialized_units(si_U, null_p99_U, si_cut: float) -> np.ndarray:
+    """Specialized units: live (SI defined), SI above the 99th percentile of the unit's own label-shuffle null (a
+    permutation test at p < 1 / (n_null + 1)) and at least `si_cut`. The specialization rate is their share of live units."""
+    si_U = np.asarray(si_U, dtype=float); p99 = np.asarray(null_p99_U, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(si_U) & ~np.isnan(p99) & (si_U > p99) & (si_U >= si_cut)
+
 
 # %% ../nbs/13_specialization.ipynb #bf2d3ff2
 def _group_topk(g, cand, val, n_groups, k):
@@ -969,8 +981,9 @@ def pair_tokens_for(n_units: int, pair_tokens: int = 0, budget: float = PAIR_BUD
 
 def analyse_units(chunks, tasks: list, thresholds_U=None, sp=None, seed: int = 0) -> dict:
     """SI (with null and bootstrap CIs), co-activation modularity (with its null) and community enrichment of one set
-    of units from `(acts_NU, task_N, block_N)` chunks; `sp` a `SpecParams`. Returns `row` (the CSV row), `units` (a
-    per-unit table), `communities`, and the raw `si` and `mod` results."""
+    of units from `(acts_NU, task_N, block_N)` chunks; `sp` a `SpecParams`. Returns `row` (the CSV row, with the
+    specialization rate `spec_rate` of `specialized_units`), `units` (a per-unit table: SI, its null mean and 99th
+    percentile, `specialized`, rates, community), `communities`, and the raw `si` and `mod` results."""
     import pandas as pd
     from sdlms.config import SpecParams
     sp = sp or SpecParams()
@@ -986,12 +999,16 @@ def analyse_units(chunks, tasks: list, thresholds_U=None, sp=None, seed: int = 0
     mod = coactivation_modularity(stats, k_edges=sp.k_edges, min_count=sp.min_cocount, n_null=sp.n_null_q,
                                   method=sp.pair_method, resolution=sp.resolution, z_cut=sp.z_cut, seed=seed)
     comm = community_enrichment(mod["labels_U"], si["rates_KU"], tasks, min_enrichment=sp.min_enrichment)
+    spec_U = specialized_units(si["si_U"], si["si_null_p99_U"], sp.si_cut)
     units = pd.DataFrame({"unit": np.arange(stats.n_units), "si": si["si_U"], "si_null": si["si_null_U"],
+                          "si_null_p99": si["si_null_p99_U"], "specialized": spec_U,
                           "preferred_task": np.where(si["preferred_U"] >= 0, np.asarray(tasks, dtype=object)[np.maximum(si["preferred_U"], 0)], None),
                           "density": si["density_U"], "community": mod["labels_U"],
                           **{f"rate_{t}": si["rates_KU"][k] for k, t in enumerate(tasks)}})
     sizes = mod["community_sizes"]
-    row = {**si["stats"], "Q": mod["Q"],
+    n_live = int(si["live_U"].sum())
+    row = {**si["stats"], "si_cut": sp.si_cut, "n_specialized": int(spec_U.sum()),
+           "spec_rate": float(spec_U.sum() / n_live) if n_live and sp.n_null else np.nan, "Q": mod["Q"],
            **{k: mod[k] for x in ("a", "b") for k in (f"Q_null_{x}_mean", f"Q_null_{x}_sd", f"z_{x}")}, "q_verdict": mod["verdict"],
            "n_communities": mod["n_communities"], "largest_community": sizes[0] if sizes else 0,
            "n_enriched_communities": int(comm.enriched.sum()), "n_edges": mod["n_edges"],
