@@ -18,7 +18,8 @@ def _parser():
     r.add_argument("params", nargs="?", help="params YAML (path, or a name from params/: default, smoke, pythia)")
     r.add_argument("--resume", metavar="RUN", help="complete an interrupted run (folder or name under artifacts/)")
     r.add_argument("--workers", type=int, help="parallel worker processes (default: params.workers)")
-    r.add_argument("--stop-after", choices=["suite", "capture", "sae", "scaling", "sae_summary"], help="stop after this stage (resume later)")
+    from sdlms.runner import STAGES
+    r.add_argument("--stop-after", choices=[s.key for s in STAGES], help="stop after this stage (resume later)")
     r.add_argument("--no-report", action="store_true", help="skip the report")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     rp = sub.add_parser("report", help="render a run's report (Quarto if installed, else nbconvert)")

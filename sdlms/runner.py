@@ -5,9 +5,10 @@
 # %% ../nbs/08_runner.ipynb #de0ac2a3
 from __future__ import annotations
 import datetime as dt, json, os, re, shutil, sys, time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -15,9 +16,10 @@ from .core import SdlmsError, append_jsonl, hash_json, package_versions, read_js
 from .config import RunParams, check_models, load_params, params_dict, parse_params
 
 # %% auto #0
-__all__ = ['STAGES', 'KERNEL', 'Stage', 'slug', 'stages_dir', 'plan', 'ensure_kernel', 'kernel_env', 'execute_stage',
-           'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'merge_csv', 'merge_sparsity',
-           'merge_specialization', 'longest_first', 'run', 'StageContext', 'stage_context', 'resolve_model', 'compare']
+__all__ = ['STAGES', 'TRAIN', 'KERNEL', 'Stage', 'slug', 'stages_dir', 'Job', 'plan', 'ensure_kernel', 'kernel_env',
+           'execute_stage', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'merge_csv', 'merge_sparsity',
+           'merge_specialization', 'job_priority', 'run_jobs', 'execute_job', 'run', 'StageContext', 'stage_context',
+           'resolve_model', 'compare']
 
 # %% ../nbs/08_runner.ipynb #85426198
 @dataclass
@@ -45,21 +47,48 @@ def stages_dir() -> Path:
     if not d.is_dir(): raise SdlmsError(f"stage notebooks not found at {d}; run sdlms from its repository checkout (pip install -e .)")
     return d
 
-def plan(p: RunParams, run_dir=None) -> list:
-    """The `(stage, model, out_rel, extra)` jobs of a run, in order (model is None for per-run stages). Per-site
-    stages (one job per model and layer) are known once the capture stage has written its caches under `run_dir`."""
-    jobs = []
+class Job(NamedTuple):
+    "One job of a run: a stage on one model (and layer), its output folder and the jobs it waits for."
+    stage: Stage
+    model: str | None   # None: a per-run stage
+    rel: str            # output folder under the run (`train/<model>` jobs write only to the suite cache)
+    extra: dict         # notebook parameters beyond run_dir, out_dir and model
+    deps: tuple = ()    # `rel` of every job that must finish first
+
+TRAIN = Stage("train", "", "model")   # one micro-suite size, trained into the cache (no notebook); part of the suite stage
+
+def plan(p: RunParams, facts: dict | None = None) -> list:
+    """The jobs of a run (`Job`s, in stage order) with their dependencies: training each micro-suite size, then the
+    suite notebook, then per model its capture, per site (model and layer: from `facts`, the `check_models` result;
+    none without it) its SAE stage and its specialization stage (after the site's SAEs, whose features it analyses),
+    then the per-run stages after everything they read."""
+    jobs, sites = [], {}
+    has_suite = bool(p.micro_sizes())
+    for m in p.models:
+        if facts is not None and m in facts:
+            from sdlms.models import select_layers
+            sites[m] = select_layers(p.for_model(m).layers, facts[m]["n_layers"])
+    if has_suite:   # the suite's tokenizer and training blocks, then each size
+        jobs.append(Job(TRAIN, None, "train/data", {}))
+        jobs += [Job(TRAIN, m, f"train/{slug(m)}", {}, ("train/data",)) for m in p.models if m.startswith("micro-")]
     for s in STAGES:
-        if s.key == "suite" and not p.micro_sizes(): continue
-        site_models = [m for m in p.models if (p.for_model(m).sae if s.key == "sae" else p.for_model(m).specialization.enabled)]
-        if s.key == "sae_summary" and not any(p.for_model(m).sae for m in p.models): continue
-        if s.per == "run": jobs.append((s, None, s.key, {}))
-        elif s.per == "model": jobs += [(s, m, f"{s.key}/{slug(m)}", {}) for m in p.models]
-        elif run_dir is not None:
-            for m in site_models:
-                caches = sorted((Path(run_dir) / "capture" / slug(m) / "cache").glob("L*[0-9]"), key=lambda q: int(q.name[1:]))
-                jobs += [(s, m, f"{s.key}/{slug(m)}/{c.name}", {"layer": int(c.name[1:])}) for c in caches]
+        if s.key == "suite":
+            if has_suite: jobs.append(Job(s, None, "suite", {}, tuple(j.rel for j in jobs if j.stage is TRAIN)))
+        elif s.key == "capture":
+            jobs += [Job(s, m, f"capture/{slug(m)}", {}, ("suite",) if has_suite and m.startswith("micro-") else ()) for m in p.models]
+        elif s.per == "site":
+            on = [m for m in p.models if (p.for_model(m).sae if s.key == "sae" else p.for_model(m).specialization.enabled)]
+            for m in on:
+                for l in sites.get(m, []):
+                    deps = [f"capture/{slug(m)}"]
+                    if s.key == "specialization" and p.for_model(m).sae: deps.append(f"sae/{slug(m)}/L{l}")
+                    jobs.append(Job(s, m, f"{s.key}/{slug(m)}/L{l}", {"layer": l}, tuple(deps)))
+        elif s.key == "scaling":
+            jobs.append(Job(s, None, s.key, {}, tuple(j.rel for j in jobs if j.stage.key in ("capture", "specialization"))))
+        elif s.key == "sae_summary" and any(p.for_model(m).sae for m in p.models):
+            jobs.append(Job(s, None, s.key, {}, tuple(j.rel for j in jobs if j.stage.key in ("sae", "specialization"))))
     return jobs
+
 
 # %% ../nbs/08_runner.ipynb #0ed18e28
 KERNEL = "sdlms"
@@ -165,21 +194,69 @@ def merge_specialization(run_dir) -> list:
     return [merge_csv(run_dir, f"specialization/*/L*/{n}", n) for n in ("si_modularity.csv", "ablation.csv")]
 
 # %% ../nbs/08_runner.ipynb #50c923a2
-def longest_first(jobs: list, facts: dict) -> list:
-    """A stage group's jobs with the most expensive first (so the pool's workers finish together): per-model and per-site
-    jobs by the model's MLP width squared times its depth, then deeper layers first; the order of results does not change."""
-    def cost(j):
-        f = facts.get(j[1]) or {}
-        return (-(f.get("d_mlp", 0) ** 2) * f.get("n_layers", 0), -j[3].get("layer", 0))
-    return sorted(jobs, key=cost)
+def job_priority(jobs: list, facts: dict) -> list:
+    """Ready jobs in the order free workers take them: the suite's training first (the micro models' chains wait for
+    it), then the most expensive model first (MLP width squared times depth), deeper layers first, earlier stages
+    first; per-run stages last. Only the order of work changes, never a result."""
+    order = {s.key: i for i, s in enumerate([TRAIN, *STAGES])}
+    def key(j):
+        f = facts.get(j.model) or {}
+        return (j.stage.key != "train", -(f.get("d_mlp", 0) ** 2) * f.get("n_layers", 0), -j.extra.get("layer", 0), order[j.stage.key])
+    return sorted(jobs, key=key)
+
+def run_jobs(jobs: list, submit, workers: int, is_done, on_done, priority=lambda js: js, poll=None) -> None:
+    """Run the dependency graph `jobs` on `workers` slots: a job starts as soon as every job in its `deps` is done
+    (`is_done(job)` for jobs finished before), the ready ones in `priority` order. `submit(job)` returns a future,
+    `on_done(job, result)` follows each success, `poll()` runs about every 0.5 s while jobs run. After a failure no new
+    job starts and the running ones finish; then one `SdlmsError` names every failure (finished jobs stay done)."""
+    known = {j.rel for j in jobs}
+    missing = sorted({d for j in jobs for d in j.deps if d not in known})
+    if missing: raise SdlmsError(f"jobs wait for jobs that are not in the plan: {', '.join(missing)}")
+    finished = {j.rel for j in jobs if is_done(j)}
+    pending = [j for j in jobs if j.rel not in finished]
+    running, errors = {}, []
+    while pending or running:
+        if not errors:
+            for j in priority([j for j in pending if all(x in finished for x in j.deps)])[:max(0, workers - len(running))]:
+                pending.remove(j); running[submit(j)] = j
+        if not running: break
+        done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+        if poll: poll()
+        for fut in done:
+            j = running.pop(fut)
+            try: res = fut.result()
+            except SdlmsError as e: errors.append(str(e)); continue
+            except Exception as e: errors.append(f"{j.rel} failed: {type(e).__name__}: {e}"); continue
+            finished.add(j.rel); on_done(j, res)
+    if errors: raise SdlmsError("\n".join(errors))
+    if pending: raise SdlmsError(f"jobs whose dependencies never finished (a cycle): {', '.join(j.rel for j in pending)}")
+
+def execute_job(job: Job, run_dir: str, suite: dict | None = None, seed: int = 0, q=None) -> dict:
+    """Execute one job in this process: a stage notebook (`execute_stage`), or for the suite's `train` jobs its data or
+    one size (`suite`: the `SuiteConfig` as a dict; `q`: a training-progress queue). Returns the job's meta record."""
+    if job.stage.key != "train":
+        return execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra)
+    from sdlms.suite import SuiteConfig, prepare_suite, train_size
+    t0 = time.perf_counter()
+    if job.model is None: prepare_suite(SuiteConfig(**suite), seed); info = {}
+    else: info = train_size(job.model[len("micro-"):], suite, seed, q)
+    return {"stage": job.rel, "model": job.model, "seconds": round(time.perf_counter() - t0, 2),
+            **{k: info[k] for k in ("params", "steps", "final_loss") if k in info}}
 
 def run(params=None, resume=None, workers: int | None = None, stop_after: str | None = None, report: bool = True,
         progress: bool = True, log=print) -> Path:
-    """Create a new run from `params` (a YAML path or a dict) or complete the run `resume`.
-    `stop_after` ends after the stages whose key is given (e.g. 'capture'), leaving the run resumable."""
+    """Create a new run from `params` (a YAML path or a dict) or complete the run `resume`. Jobs run in `workers`
+    processes as their inputs become ready (`plan`, `run_jobs`): the real model's capture can run while the micro-suite
+    trains, and one model's SAEs while another model captures. `stop_after` runs only the stages up to that key
+    (e.g. 'capture'), leaving the run resumable."""
+    import multiprocessing as mp
+    from dataclasses import asdict
     from tqdm import tqdm
-    from sdlms.suite import build_suite
+    from sdlms.suite import drain_progress, is_trained
     if (params is None) == (resume is None): raise SdlmsError("give either a params file or --resume <run>")
+    keys = [s.key for s in STAGES]
+    if stop_after is not None and stop_after not in keys:
+        raise SdlmsError(f"stop_after: unknown stage {stop_after!r}; stages: {', '.join(keys)}")
     if resume is not None:
         run_dir = find_run(resume)
         st = run_status(run_dir)
@@ -194,46 +271,49 @@ def run(params=None, resume=None, workers: int | None = None, stop_after: str | 
         run_dir = new_run_dir(p.name)
         (run_dir / "params.yaml").write_text(yaml.safe_dump(params_dict(p), sort_keys=False))
         write_json(run_dir / "run.json", {"name": p.name, "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
-                                          "config_hash": hash_json(params_dict(p)), "stages": [j[2] for j in plan(p)]})
+                                          "config_hash": hash_json(params_dict(p)),
+                                          "stages": [j.rel for j in plan(p, facts) if j.stage.key != "train"]})
         (run_dir / "_metadata.yml").write_text(yaml.safe_dump({"title-prefix": run_dir.name}))
         append_jsonl(run_dir / "meta.jsonl", {"event": "run", "run": run_dir.name, "config": params_dict(p),
                                               "config_hash": hash_json(params_dict(p)), "seed": p.seed, "versions": package_versions()})
         log(f"new run {run_dir}")
     workers = workers or p.workers
-    jobs = plan(p, run_dir)
-    for j in jobs:
-        if (run_dir / j[2]).exists(): log(f"  skip {j[2]} (complete)")
+    jobs = plan(p, facts)
+    if stop_after is not None:   # the suite's training belongs to the suite stage
+        last = keys.index(stop_after)
+        jobs = [j for j in jobs if j.stage.key == "train" or keys.index(j.stage.key) <= last]
+    suite_cfg = asdict(p.suite_config())
+    def is_done(j):
+        if j.stage.key != "train": return (run_dir / j.rel).exists()
+        from sdlms.suite import SuiteConfig, suite_dir
+        if j.model is None: return all((suite_dir(SuiteConfig(**suite_cfg), p.seed) / f).exists() for f in ("tokenizer/tokenizer.json", "train_blocks.npy"))
+        return is_trained(p.suite_config(), p.seed, j.model[len("micro-"):])
+    stage_jobs = [j for j in jobs if j.stage.key != "train"]
+    for j in stage_jobs:
+        if is_done(j): log(f"  skip {j.rel} (complete)")
+    to_train = [j for j in jobs if j.stage.key == "train" and j.model and not is_done(j)]
     t_run = time.perf_counter()
-    n_done = sum((run_dir / j[2]).exists() for j in jobs)
-    bar = tqdm(total=len(jobs), initial=n_done, desc="stages", unit="stage", disable=not progress)
-    def done(info):
-        append_jsonl(run_dir / "meta.jsonl", {"event": "stage", **info}); bar.update(1)
-        log(f"  done {info['stage']} in {info['seconds']:.1f} s")
+    bar = tqdm(total=len(stage_jobs), initial=sum(map(is_done, stage_jobs)), desc="stages", unit="stage", disable=not progress)
+    def on_done(j, info):
+        append_jsonl(run_dir / "meta.jsonl", {"event": "stage", **info})
+        if j.stage.key != "train": bar.update(1)
+        if j.stage.key == "capture": merge_sparsity(run_dir)
+        if j.stage.key == "specialization": merge_specialization(run_dir)
+        if j.model is not None or j.stage.key != "train": log(f"  done {info['stage']} in {info['seconds']:.1f} s")
+    ctx = mp.get_context("spawn")
+    man = ctx.Manager() if to_train and progress else None
+    q = man.Queue() if man else None
+    tbars = {j.model[len("micro-"):]: tqdm(total=1, desc=f"train {j.model}", unit="step", disable=not progress) for j in to_train}
     try:
-        for key in [s.key for s in STAGES]:
-            group = longest_first([j for j in plan(p, run_dir) if j[0].key == key and not (run_dir / j[2]).exists()], facts)
-            if group and group[0][0].per == "site" and bar.total < len(jobs) + len(group):
-                bar.total = len(plan(p, run_dir)); bar.refresh()
-            if group and key == "suite":
-                # train in this process so the training bars show in the terminal; the notebook then reads the cache
-                build_suite(p.suite_config(), seed=p.seed, workers=workers, progress=progress)
-            if len(group) > 1 and workers > 1:
-                import multiprocessing as mp
-                with ProcessPoolExecutor(min(workers, len(group)), mp_context=mp.get_context("spawn")) as ex:
-                    futs = [ex.submit(execute_stage, s.notebook, str(run_dir), rel, m, extra=x) for s, m, rel, x in group]
-                    errs = []
-                    for f in futs:
-                        try: done(f.result())
-                        except SdlmsError as e: errs.append(str(e))
-                    if errs: raise SdlmsError("\n".join(errs))
-            else:
-                for s, m, rel, x in group: done(execute_stage(s.notebook, str(run_dir), rel, m, extra=x))
-            if key == "capture": merge_sparsity(run_dir)
-            if key == "specialization": merge_specialization(run_dir)
-            if stop_after == key:
-                log(f"stopped after {key}; complete it with `sdlms run --resume {run_dir.name}`")
-                return run_dir
-    finally: bar.close()
+        with ProcessPoolExecutor(max(1, workers), mp_context=ctx) as ex:
+            run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None),
+                     workers, is_done, on_done, priority=lambda js: job_priority(js, facts), poll=lambda: drain_progress(q, tbars))
+    finally:
+        for b in [bar, *tbars.values()]: b.close()
+        if man: man.shutdown()
+    if len(jobs) < len(plan(p, facts)):
+        log(f"stopped after {stop_after}; complete it with `sdlms run --resume {run_dir.name}`")
+        return run_dir
     merge_sparsity(run_dir); merge_specialization(run_dir)
     st = run_status(run_dir); st.update(status="complete", finished=dt.datetime.now().isoformat(timespec="seconds"),
                                         seconds=round(time.perf_counter() - t_run, 1))
@@ -242,6 +322,7 @@ def run(params=None, resume=None, workers: int | None = None, stop_after: str | 
         from sdlms.report import build_report
         log(f"report: {build_report(run_dir, log=log)}")
     return run_dir
+
 
 # %% ../nbs/08_runner.ipynb #39498848
 @dataclass

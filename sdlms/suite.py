@@ -15,7 +15,8 @@ from .data import GENERATORS, corpus_texts, generate_items, train_tokenizer
 
 # %% auto #0
 __all__ = ['SUITE_VERSION', 'SIZES', 'SizeSpec', 'model_name', 'neox_config', 'training_blocks', 'lr_at', 'train_model',
-           'SuiteConfig', 'suite_key', 'suite_dir', 'build_suite']
+           'SuiteConfig', 'suite_key', 'suite_dir', 'prepare_suite', 'is_trained', 'train_size', 'suite_models',
+           'build_suite', 'drain_progress']
 
 # %% ../nbs/03_suite.ipynb #67dd4086
 SUITE_VERSION = 2   # bump when training code or the corpus changes, so cached suites are rebuilt
@@ -147,23 +148,8 @@ def suite_dir(cfg: SuiteConfig, seed: int) -> Path:
     "Folder of a suite in the cache."
     return cache_dir() / "suite" / suite_key(cfg, seed)
 
-def _worker(args):
-    size, cfg_d, seed, root, q = args
-    cfg = SuiteConfig(**cfg_d)
-    blocks = np.load(Path(root) / "train_blocks.npy")
-    name = model_name(size)
-    def prog(step, total, loss):
-        if q is not None and (step % 5 == 0 or step == total): q.put((size, step, total, loss))
-    info = train_model(size, blocks, Path(root) / name, Path(root) / f"{name}-init", seed=seed,
-                       batch_size=cfg.batch_size, vocab_size=cfg.vocab_size, rotary_pct=cfg.rotary_pct,
-                       tokenizer_dir=Path(root) / "tokenizer", progress=prog)
-    write_json(Path(root) / name / "sdlms_train.json", info)
-    return size, info
-
-def build_suite(cfg: SuiteConfig, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
-    "Build (or reuse) the suite; returns `{name: {path, init_path, params, ...}}` for each size in `cfg.sizes`."
-    import multiprocessing as mp
-    from tqdm import tqdm
+def prepare_suite(cfg: SuiteConfig, seed: int = 0) -> Path:
+    "Check `cfg.sizes` and build (or reuse) the suite's BPE tokenizer and training blocks; returns the suite folder."
     bad = [s for s in cfg.sizes if s not in SIZES]
     if bad: raise SdlmsError(f"unknown suite sizes {bad}; sizes: {', '.join(SIZES)}")
     root = suite_dir(cfg, seed); root.mkdir(parents=True, exist_ok=True)
@@ -176,27 +162,61 @@ def build_suite(cfg: SuiteConfig, seed: int = 0, workers: int = 2, progress: boo
         tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
         b = training_blocks(tok, cfg.train_tokens, cfg.seq_len, seed)
         np.save(root / "train_blocks.tmp.npy", b); os.replace(root / "train_blocks.tmp.npy", root / "train_blocks.npy")
-    todo = [s for s in cfg.sizes if not (root / model_name(s) / "sdlms_train.json").exists()]
+    return root
+
+def is_trained(cfg: SuiteConfig, seed: int, size: str) -> bool:
+    "Whether suite size `size` is in the cache (trained and saved with its random-init twin)."
+    return (suite_dir(cfg, seed) / model_name(size) / "sdlms_train.json").exists()
+
+def train_size(size: str, cfg_d: dict, seed: int = 0, q=None) -> dict:
+    """Train one suite size on the prepared suite's blocks (`prepare_suite` first) and save it with its random-init
+    twin; `cfg_d` the `SuiteConfig` as a dict (picklable), `q` an optional queue that gets `(size, step, total, loss)`."""
+    cfg = SuiteConfig(**cfg_d); root = suite_dir(cfg, seed)
+    blocks = np.load(root / "train_blocks.npy")
+    name = model_name(size)
+    def prog(step, total, loss):
+        if q is not None and (step % 5 == 0 or step == total): q.put((size, step, total, loss))
+    info = train_model(size, blocks, root / name, root / f"{name}-init", seed=seed,
+                       batch_size=cfg.batch_size, vocab_size=cfg.vocab_size, rotary_pct=cfg.rotary_pct,
+                       tokenizer_dir=root / "tokenizer", progress=prog)
+    write_json(root / name / "sdlms_train.json", info)
+    return info
+
+def suite_models(cfg: SuiteConfig, seed: int = 0) -> dict:
+    "`{name: {path, init_path, size, params, ...}}` of the trained sizes in `cfg.sizes`."
+    root = suite_dir(cfg, seed); out = {}
+    for s in cfg.sizes:
+        n = model_name(s)
+        if not is_trained(cfg, seed, s): raise SdlmsError(f"{n} is not trained in {root}; build the suite first (`sdlms build-suite <params>`)")
+        out[n] = {"path": str(root / n), "init_path": str(root / f"{n}-init"), "size": s, **json.loads((root / n / "sdlms_train.json").read_text())}
+    return out
+
+def build_suite(cfg: SuiteConfig, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
+    "Build (or reuse) the suite, largest sizes first in `workers` processes; returns `suite_models`."
+    import multiprocessing as mp
+    from tqdm import tqdm
+    prepare_suite(cfg, seed)
+    todo = [s for s in cfg.sizes if not is_trained(cfg, seed, s)]
     todo.sort(key=lambda s: -SIZES[s].d_model ** 2 * SIZES[s].n_layers)   # largest first
     if todo:
         ctx = mp.get_context("spawn")
         with ctx.Manager() as man:
             q = man.Queue() if progress else None
             bars = {s: tqdm(total=1, desc=f"train {model_name(s)}", unit="step", disable=not progress) for s in todo}
-            from sdlms.suite import _worker as work   # the module's function, picklable from notebooks too
+            from sdlms.suite import train_size   # the module's function, picklable from notebooks too
             with ctx.Pool(min(workers, len(todo))) as pool:
-                res = pool.map_async(work, [(s, asdict(cfg), seed, str(root), q) for s in todo], chunksize=1)
+                res = pool.starmap_async(train_size, [(s, asdict(cfg), seed, q) for s in todo], chunksize=1)
                 while not res.ready():
                     res.wait(0.5)
-                    while q is not None and not q.empty():
-                        s, step, total, loss = q.get()
-                        b = bars[s]; b.total = total; b.n = step; b.set_postfix(loss=f"{loss:.3f}"); b.refresh()
-                        if step == total: b.close()
+                    drain_progress(q, bars)
                 res.get()
             for b in bars.values(): b.close()
-    out = {}
-    for s in cfg.sizes:
-        n = model_name(s)
-        info = json.loads((root / n / "sdlms_train.json").read_text())
-        out[n] = {"path": str(root / n), "init_path": str(root / f"{n}-init"), "size": s, **info}
-    return out
+    return suite_models(cfg, seed)
+
+def drain_progress(q, bars: dict):
+    "Move the queued `(size, step, total, loss)` training progress of `train_size` onto the tqdm `bars` (by size)."
+    while q is not None and not q.empty():
+        s, step, total, loss = q.get()
+        b = bars[s]; b.total = total; b.n = step; b.set_postfix(loss=f"{loss:.3f}"); b.refresh()
+        if step == total: b.close()
+

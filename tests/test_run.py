@@ -17,7 +17,13 @@ quiet = dict(progress=False, log=lambda *a: None)
 
 def test_smoke_run_outputs(smoke_run):
     st = run_status(smoke_run)
-    assert st["status"] == "complete" and st["stages"] == ["suite", "capture/micro-tiny", "scaling"]
+    assert st["status"] == "complete" and st["stages"] == ["suite", "capture/micro-tiny", "specialization/micro-tiny/L0",
+                                                           "specialization/micro-tiny/L1", "scaling"]
+    meta = read_jsonl(smoke_run / "meta.jsonl")
+    done = [m["stage"] for m in meta if m.get("event") == "stage"]
+    assert sorted(s for s in done if not s.startswith("train/")) == sorted(st["stages"])    # every planned stage ran once
+    # each job ran after the jobs it reads (the scheduler starts jobs as their inputs finish)
+    assert done.index("suite") < done.index("capture/micro-tiny") < done.index("specialization/micro-tiny/L1") < done.index("scaling")
     df = pd.read_csv(smoke_run / "sparsity.csv")
     for col in ["model", "params", "layer", "relative_depth", "site", "tokens", "frac_active", "top10_mass", "pr",
                 "pr_over_d", "pr_tokens", "pr_method", "init_frac_active", "init_pr", "init_pr_over_d",
