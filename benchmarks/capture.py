@@ -35,7 +35,7 @@ def pythia70m_arch(seed=0):
 
 def micro_largest():
     "The largest model of the default micro-suite (built into the cache if missing)."
-    from sdlms.config import load_params
+    from sdlms.params import load_params
     from sdlms.models import load_model
     from sdlms.suite import build_suite
     p = load_params("default")

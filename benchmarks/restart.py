@@ -24,11 +24,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import torch
 
-from sdlms.capture import (ResidualStore, StopForward, block_losses, capture, decoder_layers, site_replaced, variant_losses,
-                           zero_fn)
+from sdlms.sites import StopForward, decoder_layers, site_replaced, zero_fn
+from sdlms.capture import capture
+from sdlms.interventions import ResidualStore, block_losses, variant_losses
 from sdlms.core import package_versions
 from sdlms.models import mlp_sites, n_layers_of, select_layers
-from sdlms.specialization import ablation_fn
+from sdlms.ablation import ablation_fn
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,7 +10,7 @@
 
 2. `--sizes`: the SAE stage's training throughput per site size (d_mlp 256, 512, 1024 as in micro-xs/s/m; the
    default run's settings: d_sae 4 d_mlp, k 8 and 32, batch 1024, lr 3e-3), on MLP-like activations
-   (`sdlms.sae.mlp_like_stream`), in one process, with each size's stage time extrapolated to the default
+   (`sdlms.streams.mlp_like_stream`), in one process, with each size's stage time extrapolated to the default
    `sae.train_tokens`.
 
     python benchmarks/sae_train.py [--steps 40] [--rounds 2]
@@ -25,7 +25,9 @@ import torch
 
 from sdlms.capture import ActivationCache, write_array_cache
 from sdlms.core import package_versions, set_threads
-from sdlms.sae import ActivationStream, evaluate, mlp_like_stream, parse_sae_params, train_sae
+from sdlms.config import parse_sae_params
+from sdlms.streams import ActivationStream, mlp_like_stream
+from sdlms.sae import evaluate, train_sae
 
 HERE = Path(__file__).resolve().parent
 D_IN, D_SAE, K, BATCH = 512, 4096, 32, 4096

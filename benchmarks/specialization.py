@@ -39,7 +39,11 @@ class Timed:
 
 def run_one(units, tokens, seed=0):
     from sdlms.config import SpecParams
-    from sdlms.specialization import PlantedModules, collect_activity, coactivation_modularity, nmi, si_analysis, pair_tokens_for
+    from sdlms.activity import collect_activity
+    from sdlms.cooccurrence import pair_tokens_for
+    from sdlms.modularity import coactivation_modularity, nmi
+    from sdlms.specialization import si_analysis
+    from sdlms.synthetic import PlantedModules
     torch.set_num_threads(2)
     sp = SpecParams()
     cfg = CONFIGS.get(units, CONFIGS[16384])

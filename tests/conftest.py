@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
-    from sdlms.data import corpus_texts, train_tokenizer
+    from sdlms.corpus import corpus_texts, train_tokenizer
     d = tmp_path_factory.mktemp("tok")
     train_tokenizer(list(corpus_texts(0, 20_000).values()), vocab_size=512, out_dir=d)
     return d

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sdlms.core import SdlmsError
-from sdlms.data import GENERATORS, TaskSpec, generate_items, load_dataset_items, load_manifest, probe_blocks
+from sdlms.corpus import GENERATORS, generate_items
+from sdlms.data import TaskSpec, load_dataset_items, load_manifest, probe_blocks
 from sdlms.suite import training_blocks
 
 

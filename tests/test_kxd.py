@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sdlms.report import kxd_comparison, kxd_grid, seed_kxd
+from sdlms.kxd import kxd_comparison, kxd_grid, seed_kxd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,8 @@ def test_params_file_is_the_grid_in_proportion():
 
 
 def test_params_file_validates():
-    from sdlms.config import load_params, sae_grid
+    from sdlms.config import sae_grid
+    from sdlms.params import load_params
     if len(sae_grid({"k": [1], "d_sae": [2, 3]})) < 2:
         pytest.skip("sae_grid does not cross k with a list of d_sae yet (a library change params/kxd.yaml needs)")
     p = load_params(ROOT / "params" / "kxd.yaml")

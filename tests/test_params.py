@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from sdlms.cli import main
-from sdlms.config import load_params, parse_params
+from sdlms.params import load_params, parse_params
 from sdlms.core import SdlmsError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from sdlms.core import SdlmsError, read_jsonl
-from sdlms.runner import execute_stage, run, run_status
+from sdlms.runs import run_status
+from sdlms.runner import execute_stage, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "params" / "smoke.yaml")

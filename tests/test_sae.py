@@ -9,7 +9,9 @@ import torch
 
 from sdlms.capture import ActivationCache, write_array_cache
 from sdlms.core import SdlmsError
-from sdlms.sae import ARCHITECTURES, ActivationStream, TrainingError, evaluate, parse_sae_params, train_sae
+from sdlms.config import ARCHITECTURES, parse_sae_params
+from sdlms.streams import ActivationStream
+from sdlms.sae import TrainingError, evaluate, train_sae
 
 
 def planted(d, n=4000, d_in=16, n_feat=32, k_true=2, seed=0):
@@ -44,7 +46,7 @@ def test_every_architecture_trains_and_loads_back_through_saelens(tmp_path, arch
 
 
 def test_split_is_by_whole_blocks_and_stratified(tmp_path):
-    from sdlms.sae import split_blocks
+    from sdlms.streams import split_blocks
     cdir, _ = planted(tmp_path)
     ix = ActivationCache(cdir).index
     tr, va = split_blocks(ix, 0.2, seed=0)
@@ -94,9 +96,9 @@ def test_bad_input_fails_before_training(tmp_path):
 
 def test_training_stream_is_training_text_run_through_the_model(tmp_path, tiny_models):
     from transformers import AutoTokenizer
-    from sdlms.data import GENERATORS, generate_items
+    from sdlms.corpus import GENERATORS, generate_items
     from sdlms.models import load_model, mlp_sites
-    from sdlms.sae import site_stream, stream_blocks
+    from sdlms.streams import site_stream, stream_blocks
     lm, tok = load_model(str(tiny_models["gpt_neox"]))
     site = mlp_sites(lm)[1]
     p = parse_sae_params({"train_tokens": 2048, "holdout_tokens": 256, "batch_size": 256})
@@ -165,7 +167,8 @@ def test_trained_saes_are_not_degenerate(tmp_path):
     """On MLP-like activations, a trained TopK SAE has few near-duplicate latents (< 10% of the live ones); SAELens's
     decoder_init_norm 0.1 at the same lr collapses latents onto each other (the degenerate SAEs of the old default)."""
     from sae_lens import SAE
-    from sdlms.sae import duplicate_latents, mlp_like_stream
+    from sdlms.streams import mlp_like_stream
+    from sdlms.sae_eval import duplicate_latents
     stream = mlp_like_stream(seed=0)                                          # d_in 512
     dup = {}
     for name, extra in {"default": {}, "init_0.1": {"decoder_init_norm": 0.1}}.items():
@@ -180,7 +183,7 @@ def test_trained_saes_are_not_degenerate(tmp_path):
 
 def test_loss_recovered_only_where_the_site_matters(tiny_models):
     from sdlms.models import load_model, mlp_sites
-    from sdlms.sae import loss_recovered, spliced_losses
+    from sdlms.sae_eval import loss_recovered, spliced_losses
     lm, tok = load_model(str(tiny_models["gpt_neox"]))
     site = mlp_sites(lm)[1]
     ids = np.random.default_rng(0).integers(0, 512, (4, 32))
@@ -195,7 +198,8 @@ def test_loss_recovered_only_where_the_site_matters(tiny_models):
 
 def test_sae_stage_end_to_end_with_a_k_grid():
     from sae_lens import SAE
-    from sdlms.runner import run, run_status
+    from sdlms.runs import run_status
+    from sdlms.runner import run
     root = Path(__file__).resolve().parent.parent
     d = run(str(root / "params" / "smoke_sae.yaml"), progress=False, log=lambda *a: None)
     assert run_status(d)["status"] == "complete"
@@ -240,7 +244,7 @@ def test_sae_stage_end_to_end_with_a_k_grid():
 
 
 def test_ground_truth_recovery_beats_random_init(tmp_path):
-    from sdlms.sae import ground_truth_check
+    from sdlms.sae_eval import ground_truth_check
     gt = ground_truth_check(tmp_path)              # 64 true features in 32 dims, 3 active per token on average
     assert gt["trained"]["matched_frac"] > 0.7 and gt["random_init"]["matched_frac"] == 0.0
     assert gt["trained"]["mcc"] > gt["random_init"]["mcc"] + 0.3

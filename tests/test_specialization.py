@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sdlms.config import parse_params
+from sdlms.params import parse_params
 from sdlms.core import SdlmsError
 from sdlms.runner import execute_stage
-from sdlms.specialization import q_verdict
+from sdlms.modularity import q_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"

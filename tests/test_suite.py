@@ -9,14 +9,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def default_suite():
     "The default job's suite, trained from scratch in this session's cache (a few minutes on 2 cores)."
-    from sdlms.config import load_params
+    from sdlms.params import load_params
     from sdlms.suite import build_suite
     p = load_params(ROOT / "params" / "default.yaml")
     return p, build_suite(p.suite_config(), seed=p.seed, workers=2, progress=False)
 
 
 def test_every_default_site_matters(default_suite):
-    from sdlms.capture import mlp_importance
+    from sdlms.ablation import mlp_importance
     from sdlms.data import load_manifest, probe_blocks
     from sdlms.models import load_model, n_layers_of, select_layers
     p, models = default_suite

@@ -1,0 +1,38 @@
+"The library's shape: every module imports only modules that come before it in the pipeline (no import cycles)."
+import ast
+from pathlib import Path
+
+import sdlms
+
+PKG = Path(sdlms.__file__).parent
+
+
+def _module_imports():
+    deps = {}
+    for f in sorted(PKG.glob("*.py")):
+        if f.stem.startswith("_"): continue
+        tree = ast.parse(f.read_text())
+        deps[f.stem] = {n.module.split(".")[1] for n in ast.walk(tree)
+                        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("sdlms.")}
+    return deps
+
+
+def test_no_import_cycles():
+    deps = _module_imports()
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == "done": return
+        assert state.get(m) != "open", f"import cycle: {' -> '.join(path + [m])}"
+        state[m] = "open"
+        for d in sorted(deps.get(m, ())): visit(d, path + [m])
+        state[m] = "done"
+
+    for m in deps: visit(m, [])
+
+
+def test_modules_stay_readable():
+    for f in PKG.glob("*.py"):
+        if f.stem.startswith("_"): continue
+        n = len(f.read_text().splitlines())
+        assert n <= 420, f"sdlms/{f.name} has {n} lines: split it (see the library map in the README)"
