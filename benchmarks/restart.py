@@ -4,7 +4,7 @@ The work of site importance, SAE loss recovered and the ablation matrix: V varia
 replacements, like the ablation matrix's sets and controls) on the same B probe blocks. Three ways, interleaved in
 one process (rounds alternate their order; machines are noisy, so read the ratios):
 
-- `one_at_a_time`: what the stages did before: `block_losses` under `site_replaced`, one variant after another,
+- `one_at_a_time`: what the stages did before: `block_losses` under `site_hook`, one variant after another,
   full forward passes;
 - `packed`: `variant_losses(restart=False)`: (variant, block) rows packed into `batch_size`-row passes, full passes;
 - `restarted`: `variant_losses` (the default): packed, and every pass after the clean ones starts at the site's layer
@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import torch
 
-from sdlms.sites import StopForward, decoder_layers, site_replaced, zero_fn
+from sdlms.sites import StopForward, decoder_layers, site_hook, zero_fn
 from sdlms.capture import capture
 from sdlms.interventions import ResidualStore, block_losses, variant_losses
 from sdlms.core import package_versions
@@ -66,7 +66,7 @@ def variants(d_mlp, n, seed=0):
 def one_at_a_time(lm, site, ids, tb, K, fns, bs):
     out = {}
     for name, fn in fns.items():
-        with site_replaced(site, fn): out[name] = block_losses(lm, ids, tb, K, bs)
+        with site_hook(site, fn): out[name] = block_losses(lm, ids, tb, K, bs)
     return out
 
 
