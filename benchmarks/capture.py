@@ -39,7 +39,7 @@ def micro_largest():
     from sdlms.models import load_model
     from sdlms.suite import build_suite
     p = load_params("default")
-    models = build_suite(p.suite_config(), p.seed, workers=p.workers, progress=True)
+    models = build_suite(p.suite, p.micro_sizes(), p.seed, workers=p.workers, progress=True)
     name = max(models, key=lambda k: models[k]["params"])
     return name, load_model(models[name]["path"])[0]
 

@@ -172,12 +172,13 @@ def test_compare_runs_plots_them_together(smoke_run, tmp_path):
 
 
 def test_suite_training_is_bit_reproducible(tmp_path, monkeypatch):
-    from sdlms.suite import SuiteConfig, build_suite
-    cfg = SuiteConfig(sizes=["tiny"], train_tokens=4096, seq_len=64, batch_size=8, vocab_size=512, tokenizer_chars=20_000)
+    from sdlms.config import SuiteParams
+    from sdlms.suite import build_suite
+    cfg = SuiteParams(train_tokens=4096, seq_len=64, batch_size=8, vocab_size=512, tokenizer_chars=20_000)
     hashes = []
     for i in range(2):
         monkeypatch.setenv("SDLMS_CACHE", str(tmp_path / f"c{i}"))     # fresh caches: both train from scratch
-        hashes.append(build_suite(cfg, seed=7, workers=1, progress=False)["micro-tiny"]["model_hash"])
+        hashes.append(build_suite(cfg, ["tiny"], seed=7, workers=1, progress=False)["micro-tiny"]["model_hash"])
     assert hashes[0] == hashes[1]
     monkeypatch.setenv("SDLMS_CACHE", str(tmp_path / "c2"))
-    assert build_suite(cfg, seed=8, workers=1, progress=False)["micro-tiny"]["model_hash"] != hashes[0]
+    assert build_suite(cfg, ["tiny"], seed=8, workers=1, progress=False)["micro-tiny"]["model_hash"] != hashes[0]

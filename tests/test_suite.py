@@ -12,7 +12,7 @@ def default_suite():
     from sdlms.params import load_params
     from sdlms.suite import build_suite
     p = load_params(ROOT / "params" / "default.yaml")
-    return p, build_suite(p.suite_config(), seed=p.seed, workers=2, progress=False)
+    return p, build_suite(p.suite, p.micro_sizes(), seed=p.seed, workers=2, progress=False)
 
 
 def test_every_default_site_matters(default_suite):
