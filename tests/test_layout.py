@@ -36,3 +36,16 @@ def test_modules_stay_readable():
         if f.stem.startswith("_"): continue
         n = len(f.read_text().splitlines())
         assert n <= 420, f"sdlms/{f.name} has {n} lines: split it (see the library map in the README)"
+
+
+def test_notebook_cells_have_ids():
+    "nbdev writes each cell's id into the exported module: a cell without one gets a random id on every export."
+    import json
+    nbs = sorted((PKG.parent / "nbs").rglob("*.ipynb"))
+    assert nbs
+    for p in nbs:
+        cells = json.loads(p.read_text())["cells"]
+        missing = [i for i, c in enumerate(cells) if not c.get("id")]
+        assert not missing, f"{p.name}: cells {missing} have no id; add ids (nbformat.validator.normalize) so exports are stable"
+        ids = [c["id"] for c in cells]
+        assert len(set(ids)) == len(ids), f"{p.name}: duplicate cell ids"
