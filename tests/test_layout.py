@@ -13,7 +13,8 @@ def _module_imports():
         if f.stem.startswith("_"): continue
         tree = ast.parse(f.read_text())
         deps[f.stem] = {n.module.split(".")[1] for n in ast.walk(tree)
-                        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("sdlms.")}
+                        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("sdlms.")} - {f.stem}
+        # (a module may import itself by name: `suite` does, so that worker processes pickle its functions)
     return deps
 
 
