@@ -14,10 +14,11 @@ import torch
 from .core import SdlmsError
 from .sites import site_hook
 from .capture import ActivationCache
+from .sae_eval import loss_blocks, spliced_losses
 
 # %% auto #0
-__all__ = ['site_activations', 'top_features_for_text', 'top_contexts', 'context_html', 'feature_browser', 'steer_fn', 'steer',
-           'generate', 'pick_steering_feature']
+__all__ = ['site_activations', 'top_features_for_text', 'top_contexts', 'context_html', 'feature_browser',
+           'write_feature_browser', 'steer_fn', 'steer', 'generate', 'pick_steering_feature', 'steering_demo']
 
 # %% ../nbs/19_features.ipynb #3059e27e
 @torch.no_grad()
@@ -115,6 +116,15 @@ the same tokens or has decoder cosine above the cut. Task bars (left to right): 
     Path(out_file).write_text(page)
     return Path(out_file)
 
+# %% ../nbs/19_features.ipynb #c04158ad
+def write_feature_browser(out_file, sae, cache: ActivationCache, tok, feats, rates_KD, tasks: list, title: str, n_contexts: int = 5):
+    "The SAE stage's browser for one SAE: every live feature of `feats` with its top `n_contexts` probe contexts from `cache`."
+    index = cache.index.set_index("token", drop=False)
+    tv, tr = top_contexts(sae, cache, n=n_contexts)
+    live = set(feats.feature[feats.density > 0])
+    contexts = {f: [f"{v:.2f}  " + context_html(tok, index, int(r)) for v, r in zip(tv[f], tr[f]) if r >= 0 and v > 0] for f in live}
+    return feature_browser(out_file, feats, rates_KD, tasks, contexts, title=title, tokens=cache.n_tokens)
+
 # %% ../nbs/19_features.ipynb #86a7826d
 def steer_fn(sae, edits: dict, mode: str = "scale"):
     "The activation map of a steering edit: `edits[feature] = factor` (mode 'scale') or value (mode 'set')."
@@ -151,3 +161,23 @@ def pick_steering_feature(feats, min_density: float = 0.005) -> int:
     "The steering demo's feature: the highest-SI live feature firing on at least `min_density` of the probe tokens (else the densest)."
     cand = feats[(feats.density >= min_density) & feats.si.notna()].sort_values(["si", "feature"], ascending=[False, True])
     return int(cand.feature.iloc[0]) if len(cand) else int(feats.feature[feats.density.idxmax()])
+
+# %% ../nbs/19_features.ipynb #2d390f87
+def steering_demo(model, tok, site_module, sae, feats, cache: ActivationCache, tasks: list, p, baselines, blocks_per_task: int = 0,
+                  seed: int = 0, batch_size: int = 16, store=None) -> dict:
+    """The SAE stage's steering demo: the most task-specialized live feature (`pick_steering_feature`) ablated (factor 0) and
+    amplified (`p.steer_factor`) at the site, on loss recovered's blocks (`loss_blocks`). Returns the `feature`, its
+    preferred `task`, a probe `prompt` of that task, the `amplify` label and per-task `losses` (clean from `baselines`,
+    ablated, amplified and the two differences)."""
+    import pandas as pd
+    ids, tb, _ = loss_blocks(cache, tasks, blocks_per_task, seed)
+    feat = pick_steering_feature(feats, p.steer_min_density)
+    task = str(feats.preferred_task[feat])
+    prompt = tok.decode(ids[np.flatnonzero(tb == tasks.index(task))[0]][:24].tolist())
+    amp = f"amplify x{p.steer_factor:g}"
+    L = pd.concat([baselines[baselines.variant == "clean"],
+                   spliced_losses(model, ids, tb, tasks, site_module, {"ablate": steer_fn(sae, {feat: 0.0}), amp: steer_fn(sae, {feat: p.steer_factor})},
+                                  batch_size=batch_size, store=store)], ignore_index=True)
+    tab = L.pivot(index="task", columns="variant", values="loss")
+    tab = tab.assign(d_ablate=tab["ablate"] - tab["clean"], d_amplify=tab[amp] - tab["clean"])
+    return {"feature": feat, "task": task, "prompt": prompt, "amplify": amp, "losses": tab}
