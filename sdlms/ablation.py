@@ -9,14 +9,14 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from .core import SdlmsError
+from .core import SdlmsError, sha256_bytes
 from .sites import constant_fn, site_mean_recorder, zero_fn
 from .capture import cache_blocks
 from .interventions import ResidualStore, block_losses, variant_losses
 
 # %% auto #0
-__all__ = ['importance_blocks', 'mlp_importance', 'community_sets', 'top_si_sets', 'ablation_fn', 'ablation_matrix',
-           'site_ablations']
+__all__ = ['IMPORTANCE_KEYS', 'importance_blocks', 'mlp_importance', 'importance_record', 'community_sets', 'top_si_sets',
+           'ablation_fn', 'ablation_matrix', 'site_ablations']
 
 # %% ../nbs/15_ablation.ipynb #7b2473ee
 def importance_blocks(task_B, blocks_per_task: int = 0, seed: int = 0) -> np.ndarray:
@@ -61,6 +61,18 @@ def mlp_importance(model, blocks, layers: list, batch_size: int = 16, blocks_per
                   "task_losses": {"clean": per_task(tot, cnt), "zero": per_task(*r["zero"]), "mean": per_task(*r["mean"])},
                   "task_blocks": {t: int(cnt[k]) for k, t in enumerate(blocks.tasks)}, "blocks": sel.tolist()}
     return out
+
+# %% ../nbs/15_ablation.ipynb #d7211194
+IMPORTANCE_KEYS = ("task_losses", "task_blocks", "mlp_zero_cost", "mlp_mean_cost", "loss_clean")   # kept per layer
+
+def importance_record(blocks, imp: dict, layers: list, imp_init: dict | None = None) -> dict:
+    """The capture stage's `importance.json`: the blocks site importance was measured on (with their hash) and, per layer
+    (and for the random-init twin), the losses behind it. The SAE stage's `site_baselines` reuses it for loss recovered."""
+    sel = imp[layers[0]]["blocks"]
+    return {"blocks": sel, "blocks_hash": sha256_bytes(blocks.ids_BT[sel].astype(np.int64).tobytes()),
+            "tokens": imp[layers[0]]["importance_tokens"],
+            "layers": {str(l): {k: imp[l][k] for k in IMPORTANCE_KEYS} for l in layers},
+            "init_layers": {str(l): {k: imp_init[l][k] for k in IMPORTANCE_KEYS} for l in layers} if imp_init else {}}
 
 # %% ../nbs/15_ablation.ipynb #49d110fc
 def community_sets(labels_U, communities, max_sets: int = 8, min_size: int = 2) -> dict:

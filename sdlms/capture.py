@@ -20,7 +20,8 @@ from .sites import StopForward, site_hook
 from .metrics import LayerStats
 
 # %% auto #0
-__all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_mask', 'capture', 'cache_blocks', 'twin_cache']
+__all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_mask', 'capture', 'cache_blocks', 'sparsity_rows',
+           'twin_cache']
 
 # %% ../nbs/09_capture.ipynb #16a96fd8
 class ActivationCacheWriter:
@@ -235,6 +236,36 @@ def cache_blocks(cache: ActivationCache, rows, tasks):
     ids = ix.token_id.values.reshape(B, T)
     tmap = {t: k for k, t in enumerate(tasks)}
     return ids, ix.groupby("block").task.first().map(tmap).values.astype(np.int64)
+
+# %% ../nbs/09_capture.ipynb #0311be2a
+def sparsity_rows(model_spec: str, model, layers: list, res: dict, imp: dict, res_init: dict | None = None,
+                  imp_init: dict | None = None) -> list:
+    """The `sparsity.csv` rows of one model: per captured layer the model and site facts, `capture`'s scalar metrics (`res`),
+    how PR was computed, site importance (`imp`, from `mlp_importance`) and, with the twin's results, the same with `init_`."""
+    from sdlms.models import count_params, is_gated, mlp_sites, model_source, n_layers_of, relative_depth
+    n_layers, sites = n_layers_of(model.config), {s.layer: s for s in mlp_sites(model)}
+    scalar = ["tokens", "frac_active", *[k for k in res[layers[0]] if k.endswith("_mass") or k.endswith("_rms")], "act_std", "pr",
+              "pr_over_d", "pr_tokens"]
+    gated = is_gated(model.config)
+    act = getattr(model.config, "hidden_act", None) or getattr(model.config, "activation_function", "?")
+    rows = []
+    for l in layers:
+        r = {"model": model_spec, "params": count_params(model), "n_layers": n_layers, "layer": l,
+             "relative_depth": round(relative_depth(l, n_layers), 4), "site": sites[l].name, "d_mlp": sites[l].d_mlp,
+             "mlp": f"{act}-gated" if gated else act, "gated": gated,
+             "frac_active_meaningful": not gated,     # a gated site (act(gate) * up) is sign-symmetric: a > 0 on half the entries
+             "weights": model_source(model_spec)}
+        r.update({k: res[l][k] for k in scalar})
+        where = "read back from the activation cache (float16) after capture" if res[l]["pr_source"] == "cache" else "during the forward pass"
+        which = f"all {res[l]['tokens']} tokens" if res[l]["pr_tokens"] == res[l]["tokens"] else \
+            f"a seeded subsample of {res[l]['pr_tokens']} of {res[l]['tokens']} tokens"
+        r["pr_method"] = f"exact covariance (float64 sums) on {which}, {where}; top-k mass on the same tokens"
+        r.update({k: imp[l][k] for k in ("mlp_zero_cost", "mlp_mean_cost", "importance_tokens")})
+        if res_init:
+            r.update({f"init_{k}": res_init[l][k] for k in scalar if k != "tokens"})
+            r.update({f"init_{k}": imp_init[l][k] for k in ("mlp_zero_cost", "mlp_mean_cost")})
+        rows.append(r)
+    return rows
 
 # %% ../nbs/09_capture.ipynb #594b4cc2
 def twin_cache(cache: ActivationCache, init_dir, make_twin, make_blocks, layer: int, tmp_root, shard_tokens: int = 8192) -> ActivationCache:
