@@ -119,7 +119,7 @@ class RunParams:
     dtype: str = F("float32", (str,), "model dtype", ["float32", "bfloat16", "float16"])
     device: str = F("cpu", (str,), "torch device: cpu, cuda, or auto")
     workers: int = F(2, (int,), "parallel worker processes (suite training, per-model stages)")
-    sae: object = F(None, (dict, type(None)), "SAE stage (per model and layer, on the activation cache): SAEParams fields "
+    sae: dict | None = F(None, (dict, type(None)), "SAE stage (per model and layer, on the activation cache): SAEParams fields "
                     "(listed under sae.* by `sdlms params`); k and expansion (or d_sae) may be lists for a K x d grid; null: no SAE stage")
     suite: SuiteParams = field(default_factory=SuiteParams, metadata={"help": "offline micro-suite settings"})
     capture: CaptureConfig = field(default_factory=CaptureConfig, metadata={"help": "capture + sparsity stage settings"})
@@ -208,7 +208,7 @@ class SAEParams:
     "SAE training and evaluation settings (one SAE per model, layer and grid point); each SAE saves them (`sae_params.json`)."
     architecture: str = F("topk", (str,), "SAELens architecture", list(ARCHITECTURES))
     expansion: int = F(4, (int,), "d_sae = expansion * d_in (unless d_sae is given)")
-    d_sae: object = F(None, (int, type(None)), "dictionary size (overrides expansion)")
+    d_sae: int | None = F(None, (int, type(None)), "dictionary size (overrides expansion)")
     k: int = F(32, (int,), "active latents per token (topk, batchtopk, matryoshka_batchtopk)")
     lr: float = F(1e-3, (int, float), "peak learning rate (Adam)")
     lr_warmup_frac: float = F(0.05, (int, float), "share of steps of linear lr warm-up")
