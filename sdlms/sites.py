@@ -19,7 +19,8 @@ class StopForward(Exception):
     "Raised by a hook to end a forward pass once everything it needs has been seen (caught by the caller)."
 
 # %% ../nbs/07_sites.ipynb #91684ed6
-def decoder_layers(model) -> list:
+def decoder_layers(model, # a causal LM of a registered architecture, or its base model
+                  ) -> list:
     "The decoder layers (transformer blocks) of `model`, in order: the modules that hold the MLP sites."
     from sdlms.models import SITE_REGISTRY, _get, check_architecture
     check_architecture(model.config.model_type)
@@ -28,7 +29,9 @@ def decoder_layers(model) -> list:
     except AttributeError: return list(_get(model, path.split(".", 1)[1]))      # a base model without the LM head
 
 # %% ../nbs/07_sites.ipynb #38384f07
-def site_layer(model, site_module) -> int:
+def site_layer(model, # the model that holds the site
+               site_module, # the site's down-projection module
+              ) -> int:
     "Index of the decoder layer that holds `site_module`."
     for i, L in enumerate(decoder_layers(model)):
         if any(m is site_module for m in L.modules()): return i
@@ -36,7 +39,10 @@ def site_layer(model, site_module) -> int:
 
 # %% ../nbs/07_sites.ipynb #c8eed164
 @contextmanager
-def site_hook(site_module, fn=None, flat: bool = True):
+def site_hook(site_module, # the site's down-projection module (`Site.module`)
+              fn=None, # `fn(a)` -> replacement tensor or None (read only); None: no hook at all
+              flat: bool = True, # pass `a_ND` (tokens, d_mlp) rather than `a_BTD` as the module receives it
+             ):
     """The one way a site is read or replaced. Within the block, every forward pass calls `fn(a)` on the MLP site's
     activations (the input of the down projection `site_module`): flattened to `a_ND` = `(tokens, d_mlp)` (`flat`), else
     `a_BTD` as the module receives them. A returned tensor replaces the activations (same shape; cast to their dtype);
@@ -56,13 +62,15 @@ def zero_fn(a_ND):
     return torch.zeros_like(a_ND)
 
 # %% ../nbs/07_sites.ipynb #533154e4
-def constant_fn(v_D):
+def constant_fn(v_D, # (d_mlp,) vector given to every token
+               ):
     "Replacement: every token's activations set to the vector `v_D` (e.g. the mean over the probe tokens)."
     return lambda a_ND: v_D.to(a_ND.device, a_ND.dtype).expand_as(a_ND)
 
 # %% ../nbs/07_sites.ipynb #1698fc8a
 @contextmanager
-def site_mean_recorder(site_modules: dict):
+def site_mean_recorder(site_modules: dict, # {key: down-projection module}
+                      ):
     """Within the block, every forward pass adds its site activations to running sums (float64); yields a dict that holds
     each site's mean vector `{key: (d,) float32}` once the block ends. `site_modules`: `{key: down-projection module}`."""
     acc, means = {k: [0.0, 0] for k in site_modules}, {}
@@ -77,7 +85,11 @@ def site_mean_recorder(site_modules: dict):
     means.update({k: (s / n).float() for k, (s, n) in acc.items() if n})
 
 # %% ../nbs/07_sites.ipynb #b6d4c6c2
-def site_means(model, ids_BT, site_modules: dict, batch_size: int = 16) -> dict:
+def site_means(model, # the causal LM
+               ids_BT, # (blocks, tokens) token ids
+               site_modules: dict, # {key: down-projection module}
+               batch_size: int = 16, # blocks per forward pass
+              ) -> dict:
     "Mean activation vector of each site `{key: down-projection module}` over the tokens of `ids_BT`, in one pass."
     dev = next(model.parameters()).device
     with site_mean_recorder(site_modules) as means, torch.inference_mode():

@@ -22,7 +22,11 @@ __all__ = ['SI_CUTS', 'bootstrap_weights', 'si_analysis', 'specialized_units', '
            'community_drawing', 'neuron_thresholds', 'active_definition', 'unit_kinds', 'analyse_site']
 
 # %% ../nbs/14_specialization.ipynb #ea7981e8
-def bootstrap_weights(task_B, n_boot: int, seed) -> np.ndarray:
+def bootstrap_weights(
+    task_B, # task id per text block
+    n_boot: int, # number of resamples
+    seed, # seed (int or sequence) of the draws
+) -> np.ndarray:
     "Block multiplicities `(n_boot, n_blocks)` of a bootstrap that resamples blocks with replacement within each task."
     task_B = np.asarray(task_B); rng = np.random.default_rng(seed)
     w = np.zeros((n_boot, len(task_B)))
@@ -35,8 +39,16 @@ def bootstrap_weights(task_B, n_boot: int, seed) -> np.ndarray:
 # %% ../nbs/14_specialization.ipynb #7cc389c8
 SI_CUTS = (0.3, 0.5, 0.7)
 
-def si_analysis(counts_BU, tokens_B, task_B, tasks: list, n_null: int = 20, n_boot: int = 200, seed: int = 0,
-                chunk: int = 4096) -> dict:
+def si_analysis(
+    counts_BU, # active-token counts per (text block, unit)
+    tokens_B, # tokens per block
+    task_B, # task id (index into `tasks`) per block
+    tasks: list, # task names, K >= 2
+    n_null: int = 20, # label shuffles for the null (0: none)
+    n_boot: int = 200, # bootstrap resamples of blocks (0: no intervals)
+    seed: int = 0, # seed of the shuffles and resamples
+    chunk: int = 4096, # units per bootstrap chunk (bounds memory)
+) -> dict:
     """SI per unit with its baselines from per-block counts: label-shuffle null (`n_null` shuffles), bootstrap CIs
     over blocks (`n_boot`). Returns per-unit arrays (SI, the null's mean and 99th percentile per unit, rates,
     preferred task, live) and a dict of layer statistics."""
@@ -86,7 +98,11 @@ def si_analysis(counts_BU, tokens_B, task_B, tasks: list, n_null: int = 20, n_bo
             "density_U": counts_BU.sum(0) / max(tokens_B.sum(), 1), "stats": stats}
 
 # %% ../nbs/14_specialization.ipynb #34b4abeb
-def specialized_units(si_U, null_p99_U, si_cut: float) -> np.ndarray:
+def specialized_units(
+    si_U, # SI per unit (NaN: never active)
+    null_p99_U, # 99th percentile of each unit's label-shuffle null SI
+    si_cut: float, # smallest SI that counts
+) -> np.ndarray:
     """Specialized units: live (SI defined), SI above the 99th percentile of the unit's own label-shuffle null (a
     permutation test at p < 1 / (n_null + 1)) and at least `si_cut`. The specialization rate is their share of live units."""
     si_U = np.asarray(si_U, dtype=float); p99 = np.asarray(null_p99_U, dtype=float)
@@ -94,7 +110,13 @@ def specialized_units(si_U, null_p99_U, si_cut: float) -> np.ndarray:
         return ~np.isnan(si_U) & ~np.isnan(p99) & (si_U > p99) & (si_U >= si_cut)
 
 # %% ../nbs/14_specialization.ipynb #9ddbd105
-def community_enrichment(labels_U, rates_KU, tasks: list, min_size: int = 2, min_enrichment: float | None = None):
+def community_enrichment(
+    labels_U, # community label per unit
+    rates_KU, # per-task activation rates (K, U); NaN counts as 0
+    tasks: list, # task names, in the order of `rates_KU`
+    min_size: int = 2, # smallest community reported
+    min_enrichment: float | None = None, # enrichment that makes a community `enriched` (None: `SpecParams.min_enrichment`)
+):
     """Per community of at least `min_size` units: size, the members' mean rate per task over its mean over tasks
     (`enrich_<task>`, 1 = no preference), the most enriched task, its enrichment, and `enriched` (enrichment at least
     `min_enrichment`, default `SpecParams.min_enrichment`)."""
@@ -113,7 +135,13 @@ def community_enrichment(labels_U, rates_KU, tasks: list, min_size: int = 2, min
     return pd.DataFrame(rows, columns=cols).sort_values(["size", "community"], ascending=[False, True]).reset_index(drop=True)
 
 # %% ../nbs/14_specialization.ipynb #475d61ec
-def analyse_units(chunks, tasks: list, thresholds_U=None, spec=None, seed: int = 0) -> dict:
+def analyse_units(
+    chunks, # iterator of `(acts_NU, task_N, block_N)` chunks, e.g. `sdlms.activity.cache_chunks`
+    tasks: list, # task names (task ids index into it)
+    thresholds_U=None, # per-unit activity thresholds (`unit_thresholds`); None: active means > 0
+    spec=None, # `SpecParams` (None: defaults)
+    seed: int = 0, # seed of the nulls, bootstrap, token samples and Louvain
+) -> dict:
     """SI (with null and bootstrap CIs), co-activation modularity (with its null) and community enrichment of one set
     of units from `(acts_NU, task_N, block_N)` chunks; `spec` a `SpecParams`. Returns `row` (the CSV row, with the
     specialization rate `spec_rate` of `specialized_units`), `units` (a per-unit table: SI, its null mean and 99th
@@ -152,7 +180,14 @@ def analyse_units(chunks, tasks: list, thresholds_U=None, spec=None, seed: int =
     return {"row": row, "units": units, "communities": comm, "si": si, "mod": mod, "stats": stats}
 
 # %% ../nbs/14_specialization.ipynb #bd660bfa
-def community_drawing(result: dict, tasks: list, n_communities: int = 4, max_nodes: int = 400, seed: int = 0, title: str = ""):
+def community_drawing(
+    result: dict, # an `analyse_units` result
+    tasks: list, # task names
+    n_communities: int = 4, # largest communities drawn
+    max_nodes: int = 400, # units drawn at most (seeded sample)
+    seed: int = 0, # seed of the sample and the layout
+    title: str = "", # figure title
+):
     "A plotly drawing of the largest communities' co-activation graph (spring layout), nodes coloured by preferred task."
     import networkx as nx, plotly.graph_objects as go
     labels = result["mod"]["labels_U"]; edges = result["mod"]["edges"]; pref = result["si"]["preferred_U"]
@@ -178,7 +213,11 @@ def community_drawing(result: dict, tasks: list, n_communities: int = 4, max_nod
     return fig
 
 # %% ../nbs/14_specialization.ipynb #10d5d58a
-def neuron_thresholds(cache, spec: SpecParams, seed: int = 0) -> np.ndarray | None:
+def neuron_thresholds(
+    cache, # the site's `ActivationCache`
+    spec: SpecParams, # `SpecParams` (`active`, `q`, `threshold_tokens`)
+    seed: int = 0, # seed of the token sample
+) -> np.ndarray | None:
     "Per-neuron activity thresholds (`unit_thresholds`, rule `spec.active`) from a seeded sample of `spec.threshold_tokens` cached tokens."
     rows = np.random.default_rng(seed).choice(cache.n_tokens, min(cache.n_tokens, spec.threshold_tokens), replace=False)
     return unit_thresholds(cache[np.sort(rows)].numpy(), spec.active, spec.q)
@@ -190,7 +229,14 @@ def active_definition(thresholds_U, spec: SpecParams) -> str:
     return f"top {spec.q:g} of own distribution" if spec.active == "topq" else "value > 0"
 
 # %% ../nbs/14_specialization.ipynb #e84dbbec
-def unit_kinds(cache, tasks: list, spec: SpecParams, seed: int = 0, init_cache=None, sae_dir=None) -> dict:
+def unit_kinds(
+    cache, # the trained model's activation cache of the site
+    tasks: list, # task names
+    spec: SpecParams, # `SpecParams`
+    seed: int = 0, # seed of the threshold sample
+    init_cache=None, # the random-init twin's cache of the same site (None: skip)
+    sae_dir=None, # the site's SAE folder (None or missing: no SAE kinds)
+) -> dict:
     """The units a site's specialization stage analyses, `{kind: {chunks: () -> chunk iterator, thresholds}}`: the trained
     neurons of `cache`, the random-init twin's neurons (`init_cache`), and the features of every SAE saved under `sae_dir`
     (`<sae_dir>/<name>/sae`, encoded from the trained cache)."""
@@ -206,7 +252,13 @@ def unit_kinds(cache, tasks: list, spec: SpecParams, seed: int = 0, init_cache=N
     return kinds
 
 # %% ../nbs/14_specialization.ipynb #967ad405
-def analyse_site(kinds: dict, tasks: list, spec: SpecParams, seed: int = 0, info: dict | None = None) -> dict:
+def analyse_site(
+    kinds: dict, # `unit_kinds` output
+    tasks: list, # task names
+    spec: SpecParams, # `SpecParams`
+    seed: int = 0, # seed passed to every `analyse_units`
+    info: dict | None = None, # leading columns of every summary row (model, layer, ...)
+) -> dict:
     """`analyse_units` for every unit kind of a site (`unit_kinds`). Returns `summary` (one `si_modularity.csv` row per kind,
     led by the `info` columns), `units` and `communities` (all kinds, with a `unit_kind` column), the per-kind `results`
     and `seconds`."""
