@@ -19,7 +19,11 @@ __all__ = ['IMPORTANCE_KEYS', 'importance_blocks', 'mlp_importance', 'importance
            'ablation_fn', 'ablation_matrix', 'site_ablations']
 
 # %% ../nbs/15_ablation.ipynb #7b2473ee
-def importance_blocks(task_B, blocks_per_task: int = 0, seed: int = 0) -> np.ndarray:
+def importance_blocks(
+    task_B, # task id per probe block
+    blocks_per_task: int = 0, # blocks drawn per task (0: all blocks)
+    seed: int = 0, # seed of the draw
+) -> np.ndarray:
     "Indices of the probe blocks used for site importance: all (0), or `blocks_per_task` seeded blocks of each task."
     task_B = np.asarray(task_B)
     if blocks_per_task <= 0: return np.arange(len(task_B))
@@ -28,8 +32,18 @@ def importance_blocks(task_B, blocks_per_task: int = 0, seed: int = 0) -> np.nda
                                               replace=False) for t in np.unique(task_B)]))
 
 # %% ../nbs/15_ablation.ipynb #ca163b8f
-def mlp_importance(model, blocks, layers: list, batch_size: int = 16, blocks_per_task: int = 0, seed: int = 0,
-                   progress: bool = False, desc: str = "site importance", restart: bool = True, store=None) -> dict:
+def mlp_importance(
+    model, # a causal LM whose MLP sites `sdlms.models.mlp_sites` finds
+    blocks, # `ProbeBlocks`: token blocks, task per block, task names
+    layers: list, # layers whose MLP site is measured
+    batch_size: int = 16, # blocks per forward pass
+    blocks_per_task: int = 0, # probe blocks per task (0: all)
+    seed: int = 0, # seed of the block draw
+    progress: bool = False, # show a progress bar
+    desc: str = "site importance", # its label
+    restart: bool = True, # start ablated passes at the site's layer from stored hidden states
+    store=None, # a `ResidualStore` holding `layers` to reuse (None: a new one)
+) -> dict:
     """Does the model use each MLP site? The probe-loss increase (nats; tasks weighted equally) when the site's units
     are zeroed (`mlp_zero_cost`) or set to their mean over the same tokens (`mlp_mean_cost`), one site at a time.
     Returns `{layer: {mlp_zero_cost, mlp_mean_cost, loss_clean, importance_tokens, task_losses, task_blocks, blocks}}`
@@ -65,7 +79,12 @@ def mlp_importance(model, blocks, layers: list, batch_size: int = 16, blocks_per
 # %% ../nbs/15_ablation.ipynb #d7211194
 IMPORTANCE_KEYS = ("task_losses", "task_blocks", "mlp_zero_cost", "mlp_mean_cost", "loss_clean")   # kept per layer
 
-def importance_record(blocks, imp: dict, layers: list, imp_init: dict | None = None) -> dict:
+def importance_record(
+    blocks, # the `ProbeBlocks` measured
+    imp: dict, # `mlp_importance` result of the trained model
+    layers: list, # layers to record (all measured in `imp`)
+    imp_init: dict | None = None, # the random-init twin's `mlp_importance` result, if measured
+) -> dict:
     """The capture stage's `importance.json`: the blocks site importance was measured on (with their hash) and, per layer
     (and for the random-init twin), the losses behind it. The SAE stage's `site_baselines` reuses it for loss recovered."""
     sel = imp[layers[0]]["blocks"]
@@ -75,7 +94,12 @@ def importance_record(blocks, imp: dict, layers: list, imp_init: dict | None = N
             "init_layers": {str(l): {k: imp_init[l][k] for k in IMPORTANCE_KEYS} for l in layers} if imp_init else {}}
 
 # %% ../nbs/15_ablation.ipynb #49d110fc
-def community_sets(labels_U, communities, max_sets: int = 8, min_size: int = 2) -> dict:
+def community_sets(
+    labels_U, # community label per unit
+    communities, # `community_enrichment` table
+    max_sets: int = 8, # largest enriched communities kept
+    min_size: int = 2, # smallest community kept
+) -> dict:
     "Ablation sets of the `max_sets` largest task-enriched communities (`enriched` in the `community_enrichment` table)."
     c = communities[communities.enriched & (communities["size"] >= min_size)].head(max_sets)
     labels_U = np.asarray(labels_U)
@@ -83,7 +107,12 @@ def community_sets(labels_U, communities, max_sets: int = 8, min_size: int = 2) 
                                                            "units": np.flatnonzero(labels_U == r.community)} for r in c.itertuples()}
 
 # %% ../nbs/15_ablation.ipynb #64675aab
-def top_si_sets(si_U, preferred_U, tasks: list, n_units: int) -> dict:
+def top_si_sets(
+    si_U, # SI per unit (NaN: never active)
+    preferred_U, # preferred task index per unit (-1: never active)
+    tasks: list, # task names
+    n_units: int, # units per set
+) -> dict:
     "Per task: its `n_units` most specialized live units (highest SI among units whose preferred task it is)."
     si_U, preferred_U = np.asarray(si_U), np.asarray(preferred_U)
     out = {}
@@ -93,7 +122,11 @@ def top_si_sets(si_U, preferred_U, tasks: list, n_units: int) -> dict:
     return out
 
 # %% ../nbs/15_ablation.ipynb #170933a5
-def ablation_fn(units, mode: str = "zero", mean_U=None):
+def ablation_fn(
+    units, # unit indices (last axis) to overwrite
+    mode: str = "zero", # 'zero' or 'mean'
+    mean_U=None, # every unit's mean activation (mode 'mean')
+):
     "A function that ablates `units` (last axis) of an activation tensor: set to 0, or to their mean."
     idx = torch.as_tensor(np.asarray(units, dtype=np.int64))
     if mode not in ("zero", "mean"): raise SdlmsError(f"unknown ablation mode {mode!r}; choose 'zero' or 'mean'")
@@ -106,9 +139,22 @@ def ablation_fn(units, mode: str = "zero", mean_U=None):
     return fn
 
 # %% ../nbs/15_ablation.ipynb #1c64f04a
-def ablation_matrix(model, site_module, ids_BT, task_B, tasks: list, sets: dict, n_units_total: int, mode: str = "zero",
-                    mean_U=None, n_controls: int = 3, seed: int = 0, batch_size: int = 16, progress: bool = False,
-                    restart: bool = True):
+def ablation_matrix(
+    model, # the causal LM
+    site_module, # the site's down projection (its input is ablated)
+    ids_BT, # probe token blocks
+    task_B, # task id per block
+    tasks: list, # task names
+    sets: dict, # ablation sets `name -> {"kind", "target", "units"}`
+    n_units_total: int, # units at the site (random controls draw from them)
+    mode: str = "zero", # 'zero' or 'mean'
+    mean_U=None, # every unit's mean activation (mode 'mean')
+    n_controls: int = 3, # random same-size sets per set size
+    seed: int = 0, # seed of the controls
+    batch_size: int = 16, # blocks per forward pass
+    progress: bool = False, # show a progress bar
+    restart: bool = True, # start ablated passes at the site's layer from the clean passes' hidden states
+):
     """Per-task loss change when each unit set in `sets` (`name -> {"kind", "target", "units"}`) is ablated at the input
     of `site_module`, against `n_controls` random sets of the same size. One row per (set, task). All variants (clean,
     sets, controls) go through `sdlms.interventions.variant_losses`: packed into shared passes that (`restart`) start at the
@@ -143,7 +189,16 @@ def ablation_matrix(model, site_module, ids_BT, task_B, tasks: list, sets: dict,
     return pd.DataFrame(rows)
 
 # %% ../nbs/15_ablation.ipynb #b4cc7d6e
-def site_ablations(model, site, cache, result: dict, tasks: list, spec, seed: int = 0, batch_size: int = 16):
+def site_ablations(
+    model, # the causal LM
+    site, # the `Site` (module, layer, d_mlp)
+    cache, # the site's `ActivationCache` (probe blocks and, for mean ablation, unit means)
+    result: dict, # `analyse_units` result on the neurons
+    tasks: list, # task names
+    spec, # `SpecParams`
+    seed: int = 0, # seed of the controls
+    batch_size: int = 16, # blocks per forward pass
+):
     """The specialization stage's ablation matrix at one `site` (a `Site`): each task's top-SI neurons
     (`spec.ablation_frac` of the layer) and each task-enriched community of `result` (`analyse_units` on the neurons),
     ablated (`spec.ablation_mode`) on up to `spec.ablation_blocks_per_task` probe blocks per task read back from `cache`,

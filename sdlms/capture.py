@@ -26,7 +26,13 @@ __all__ = ['ActivationCacheWriter', 'ActivationCache', 'write_array_cache', 'pr_
 # %% ../nbs/09_capture.ipynb #16a96fd8
 class ActivationCacheWriter:
     "Write `(N, d)` activation batches to fixed-size `.npy` shards; `close()` writes the index and manifest."
-    def __init__(self, out_dir, d: int, dtype: str = "float16", shard_tokens: int = 8192, meta: dict | None = None):
+    def __init__(self,
+                 out_dir, # the cache folder (must not exist yet)
+                 d: int, # activation width (d_mlp)
+                 dtype: str = "float16", # "float16" or "bfloat16"
+                 shard_tokens: int = 8192, # tokens per shard (the writer buffers one shard)
+                 meta: dict | None = None, # extra manifest entries (model, layer, site)
+                ):
         if dtype not in ("float16", "bfloat16"): raise SdlmsError(f"cache dtype must be float16 or bfloat16, not {dtype!r}")
         self.final = Path(out_dir); self.dir = self.final.with_name(self.final.name + ".partial")
         if self.final.exists(): raise SdlmsError(f"activation cache {self.final} already exists; it is never overwritten")
@@ -55,13 +61,16 @@ class ActivationCacheWriter:
         self.n += len(x)
 
     def _flush(self):
+        "Write the buffered rows as the next shard and record its checksum."
         if not self.fill: return
         p = self.dir / f"shard_{len(self.shards):05d}.npy"
         np.save(p, self.buf[:self.fill])
         self.shards.append({"file": p.name, "tokens": int(self.fill), "sha256": sha256_file(p)})
         self.fill = 0
 
-    def close(self, index=None) -> Path:
+    def close(self,
+              index=None, # per-token DataFrame, one row per token written (`ProbeBlocks.token_index()`)
+             ) -> Path:
         "Flush, write `index.parquet` (a per-token DataFrame) and `manifest.json`, then publish the folder."
         self._flush()
         if index is not None:
@@ -75,7 +84,10 @@ class ActivationCacheWriter:
 # %% ../nbs/09_capture.ipynb #e56b58be
 class ActivationCache:
     "Read an activation cache folder: memory-mapped shards, the token index and the manifest."
-    def __init__(self, path, verify: bool = False):
+    def __init__(self,
+                 path, # the cache folder (with manifest.json)
+                 verify: bool = False, # check every shard's sha256
+                ):
         self.path = Path(path)
         mf = self.path / "manifest.json"
         if not mf.exists():
@@ -91,7 +103,9 @@ class ActivationCache:
         self.lengths = [s["tokens"] for s in self.manifest["shards"]]
         self.starts = np.cumsum([0] + self.lengths)
 
-    def shard(self, k: int) -> np.ndarray:
+    def shard(self,
+              k: int, # shard number
+             ) -> np.ndarray:
         "Shard `k`, memory-mapped (drop the reference to release its pages)."
         return np.load(self.path / self.manifest["shards"][k]["file"], mmap_mode="r")
 
@@ -102,17 +116,22 @@ class ActivationCache:
 
     @property
     def index(self):
+        "The per-token index: token, task, block, position, token_id."
         import pandas as pd
         return pd.read_parquet(self.path / "index.parquet")
 
     def _to_float(self, x: np.ndarray) -> torch.Tensor:
+        "Stored rows (float16, or bfloat16 bits in uint16) as a float32 tensor."
         import warnings
         with warnings.catch_warnings():      # read-only shard memory maps: the tensor is only read, then copied by .float()
             warnings.simplefilter("ignore", UserWarning)
             t = torch.from_numpy(np.ascontiguousarray(x))
         return t.view(torch.bfloat16).float() if self.dtype == "bfloat16" else t.float()
 
-    def iter_batches(self, batch_tokens: int = 8192, rows=None):
+    def iter_batches(self,
+                     batch_tokens: int = 8192, # tokens per yielded batch (at most)
+                     rows=None, # global token rows to read (sorted first); None: all
+                    ):
         "Yield float32 `(n, d)` tensors of consecutive tokens (or of the sorted global `rows`), one shard mapped at a time."
         rows = None if rows is None else np.sort(np.asarray(rows))
         for k in range(len(self.lengths)):
@@ -127,7 +146,10 @@ class ActivationCache:
                 yield self._to_float(sh[i:i + batch_tokens] if sel is None else sh[sel[i:i + batch_tokens]])
             del sh
 
-    def mean(self, rows=None, batch_tokens: int = 8192) -> torch.Tensor:
+    def mean(self,
+             rows=None, # global token rows; None: all tokens
+             batch_tokens: int = 8192, # tokens per batch read
+            ) -> torch.Tensor:
         "Float32 mean activation `(d,)` over all tokens (or the given rows), accumulated in float64, one batch at a time."
         tot, n = torch.zeros(self.d, dtype=torch.float64), 0
         for x in self.iter_batches(batch_tokens, rows): tot += x.sum(0, dtype=torch.float64); n += len(x)
@@ -144,8 +166,14 @@ class ActivationCache:
         return self._to_float(out)
 
 # %% ../nbs/09_capture.ipynb #9cdf3b21
-def write_array_cache(path, X_ND, block_size: int = 64, n_tasks: int = 2, shard_tokens: int = 8192, dtype: str = "float16",
-                      meta: dict | None = None) -> Path:
+def write_array_cache(path, # the cache folder (must not exist yet)
+                      X_ND, # (tokens, d) activations; a last partial block is dropped
+                      block_size: int = 64, # tokens per block
+                      n_tasks: int = 2, # blocks cycle through tasks "0" .. n_tasks - 1
+                      shard_tokens: int = 8192, # tokens per shard
+                      dtype: str = "float16", # "float16" or "bfloat16"
+                      meta: dict | None = None, # extra manifest entries
+                     ) -> Path:
     """Write activations that did not come from a model (synthetic data, tests, benchmarks) as a cache: tokens are cut
     into `block_size` blocks, and block `b` gets task `str(b % n_tasks)`."""
     import pandas as pd
@@ -160,7 +188,11 @@ def write_array_cache(path, X_ND, block_size: int = 64, n_tasks: int = 2, shard_
                                  "token_id": np.zeros(n, dtype=np.int64)}))
 
 # %% ../nbs/09_capture.ipynb #a995f81d
-def pr_mask(n_tokens: int, rate: float, max_tokens: int, seed: int) -> np.ndarray:
+def pr_mask(n_tokens: int, # tokens in the probe data
+            rate: float, # share of tokens kept
+            max_tokens: int, # cap on the tokens kept
+            seed: int, # seed of the subsample
+           ) -> np.ndarray:
     "Seeded boolean token subsample for the PR covariance: `rate` of the tokens, at most `max_tokens`."
     k = min(int(round(rate * n_tokens)), max_tokens, n_tokens)
     m = np.zeros(n_tokens, dtype=bool)
@@ -168,9 +200,20 @@ def pr_mask(n_tokens: int, rate: float, max_tokens: int, seed: int) -> np.ndarra
     return m
 
 # %% ../nbs/09_capture.ipynb #cea41c08
-def capture(model, blocks, layers: list, cfg: CaptureConfig | None = None, *, batch_size: int = 16, seed: int = 0,
-            cache_root=None, cache_meta: dict | None = None, desc: str = "capture", progress: bool = True,
-            stats: bool = True, **settings) -> dict:
+def capture(model, # a causal LM with registered MLP sites
+            blocks, # the probe data (`ProbeBlocks`)
+            layers: list, # layer indices to read
+            cfg: CaptureConfig | None = None, # measurement settings; None: the defaults
+            *,
+            batch_size: int = 16, # blocks per forward pass
+            seed: int = 0, # seed of the PR / top-k-mass token subsample
+            cache_root=None, # write caches to `cache_root/L<layer>/`; None: no cache
+            cache_meta: dict | None = None, # extra manifest entries for every cache
+            desc: str = "capture", # progress bar label
+            progress: bool = True, # show progress bars
+            stats: bool = True, # compute `LayerStats` (False: only write the caches)
+            **settings, # single `CaptureConfig` fields overriding `cfg`
+           ) -> dict:
     """Run `blocks` (a `ProbeBlocks`) through `model` once, hooking every layer in `layers` (each pass stops at the deepest one).
     Returns `{layer: LayerStats.result()}`; with `cache_root`, writes `cache_root/L<layer>/` caches too. The measurement
     settings come from `cfg` (a `CaptureConfig`; its defaults when None), single fields overridden by `settings`
@@ -227,7 +270,10 @@ def capture(model, blocks, layers: list, cfg: CaptureConfig | None = None, *, ba
     return out
 
 # %% ../nbs/09_capture.ipynb #ee9cef13
-def cache_blocks(cache: ActivationCache, rows, tasks):
+def cache_blocks(cache: ActivationCache, # the activation cache
+                 rows, # global token rows covering whole blocks
+                 tasks, # task names in task-index order
+                ):
     "Token ids `(B, T)` and task index per block of the cache's blocks that hold `rows`, rebuilt from the cache index."
     ix = cache.index.set_index("token").loc[np.sort(np.asarray(rows))].reset_index()
     T = int(ix.position.max()) + 1
@@ -238,8 +284,14 @@ def cache_blocks(cache: ActivationCache, rows, tasks):
     return ids, ix.groupby("block").task.first().map(tmap).values.astype(np.int64)
 
 # %% ../nbs/09_capture.ipynb #0311be2a
-def sparsity_rows(model_spec: str, model, layers: list, res: dict, imp: dict, res_init: dict | None = None,
-                  imp_init: dict | None = None) -> list:
+def sparsity_rows(model_spec: str, # the model as named in the params
+                  model, # the loaded model (facts: params, layers, activation)
+                  layers: list, # the captured layers
+                  res: dict, # `capture`'s results, by layer
+                  imp: dict, # site importance by layer (`mlp_importance`)
+                  res_init: dict | None = None, # the random-init twin's `capture` results
+                  imp_init: dict | None = None, # the twin's site importance
+                 ) -> list:
     """The `sparsity.csv` rows of one model: per captured layer the model and site facts, `capture`'s scalar metrics (`res`),
     how PR was computed, site importance (`imp`, from `mlp_importance`) and, with the twin's results, the same with `init_`."""
     from sdlms.models import count_params, is_gated, mlp_sites, model_source, n_layers_of, relative_depth
@@ -268,7 +320,14 @@ def sparsity_rows(model_spec: str, model, layers: list, res: dict, imp: dict, re
     return rows
 
 # %% ../nbs/09_capture.ipynb #594b4cc2
-def twin_cache(cache: ActivationCache, init_dir, make_twin, make_blocks, layer: int, tmp_root, shard_tokens: int = 8192) -> ActivationCache:
+def twin_cache(cache: ActivationCache, # the trained model's cache
+               init_dir, # the capture stage's twin cache folder for this layer
+               make_twin, # `make_twin()` -> the random-init model
+               make_blocks, # `make_blocks()` -> the probe `ProbeBlocks`
+               layer: int, # the layer
+               tmp_root, # where a fresh twin cache is written when needed
+               shard_tokens: int = 8192, # tokens per shard of a fresh cache
+              ) -> ActivationCache:
     """The random-init twin's activation cache at `layer` on the probe tokens of `cache`: the capture stage's (`init_dir`)
     when it holds the same tokens, else captured now into `tmp_root` (`make_twin()` gives the model, `make_blocks()` the
     `ProbeBlocks`)."""

@@ -14,6 +14,7 @@ __all__ = ['main']
 
 # %% ../nbs/27_cli.ipynb #83566166
 def _parser():
+    "The argparse parser of the `sdlms` command, one subparser per subcommand."
     ap = argparse.ArgumentParser(prog="sdlms", description="Scaling Specialization in Dense LMs: run stages, build reports.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="create a run from a params file (or --resume one) and render its report")
@@ -37,7 +38,8 @@ def _parser():
     return ap
 
 # %% ../nbs/27_cli.ipynb #e02eaad6
-def main(argv=None):
+def main(argv=None, # the arguments after the program name; None: `sys.argv[1:]`
+        ):
     "Entry point of the `sdlms` command; user errors print one clear message and exit 2."
     a = _parser().parse_args(argv)
     try:

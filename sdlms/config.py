@@ -17,7 +17,11 @@ __all__ = ['OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig
            'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
-def F(default, types, help: str, choices=None):
+def F(default, # the default value (lists and dicts are copied per instance)
+      types, # tuple of accepted types
+      help: str, # one-line meaning, shown by `describe` and `sdlms params`
+      choices=None, # list of allowed values, or None
+     ):
     "A dataclass field with accepted `types`, a `help` string and optional `choices`."
     kw = {"default_factory": (lambda d=default: copy.deepcopy(d))} if isinstance(default, (list, dict)) else {"default": default}
     return field(metadata={"types": types, "help": help, "choices": choices}, **kw)
@@ -94,7 +98,9 @@ class SpecParams:
 # %% ../nbs/02_config.ipynb #4e346edb
 OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "capture", "sae", "specialization")
 
-def _merged(d: dict, o: dict) -> dict:
+def _merged(d: dict, # the run params as plain data (`asdict`)
+            o: dict, # one model's overrides
+           ) -> dict:
     "Plain params `d` with one model's overrides `o` merged in (sections key by key); no overrides left in the result."
     d = copy.deepcopy(d); d["overrides"] = {}
     for k, v in o.items():
@@ -142,7 +148,9 @@ class RunParams:
         return [m[len("micro-"):] for m in self.models if isinstance(m, str) and m.startswith("micro-")]
 
 # %% ../nbs/02_config.ipynb #251d4fd0
-def describe(cls=RunParams, prefix: str = "") -> str:
+def describe(cls=RunParams, # the dataclass to list
+             prefix: str = "", # indentation of nested sections
+            ) -> str:
     "A plain-text listing of every parameter with its default and help (the YAML schema)."
     lines = []
     for f in fields(cls):
@@ -157,7 +165,12 @@ def describe(cls=RunParams, prefix: str = "") -> str:
 # %% ../nbs/02_config.ipynb #f6f7ab80
 REMOVED_KEYS = {"suite.sizes": "no longer a parameter: the suite trains the micro models named in `models`; delete the key"}
 
-def build_section(cls, d: dict, path: str, errors: list):
+def build_section(cls, # the dataclass to build
+                  d: dict, # its fields as plain data
+                  path: str, # dotted name of the section in messages ("" for the run)
+                  errors: list, # problems are appended here
+                 ):
+    "Build `cls` from `d`, checking keys, types and choices; problems go to `errors` and leave that field at its default."
     if not isinstance(d, dict):
         errors.append(f"{path or 'params'}: expected a mapping, got {type(d).__name__}"); return cls()
     fs = {f.name: f for f in fields(cls)}
@@ -183,7 +196,8 @@ def build_section(cls, d: dict, path: str, errors: list):
     return cls(**kw)
 
 # %% ../nbs/02_config.ipynb #d757306e
-def sae_grid(d: dict | None) -> list:
+def sae_grid(d: dict | None, # the `sae` section as plain data; None or empty: no SAEs
+            ) -> list:
     """Expand an `sae` section whose `k` and/or dictionary size are lists into one dict per grid point: k x `d_sae`
     when `d_sae` is given, else k x `expansion`."""
     if not d: return []
@@ -260,7 +274,9 @@ class SAEParams:
     steer_factor: float = F(4.0, (int, float), "steering demo: amplification factor of the chosen feature")
 
 # %% ../nbs/02_config.ipynb #c9277c09
-def parse_sae_params(d: dict | None = None, d_in: int | None = None) -> SAEParams:
+def parse_sae_params(d: dict | None = None, # one grid point of the `sae` section; None: the defaults
+                     d_in: int | None = None, # site width (d_mlp); None: skip the size checks
+                    ) -> SAEParams:
     "Build and check `SAEParams`; with `d_in`, also check k and widths against the dictionary size. One error lists all problems."
     errors = []
     p = build_section(SAEParams, d or {}, "sae", errors)
@@ -292,6 +308,8 @@ def parse_sae_params(d: dict | None = None, d_in: int | None = None) -> SAEParam
     return p
 
 # %% ../nbs/02_config.ipynb #a8ea3e5b
-def dict_size(p: SAEParams, d_in: int) -> int:
+def dict_size(p: SAEParams, # the SAE settings
+              d_in: int, # site width (d_mlp)
+             ) -> int:
     "The dictionary size of `p` for inputs of width `d_in`."
     return int(p.d_sae) if p.d_sae else p.expansion * d_in

@@ -22,6 +22,7 @@ def _block_keys(ids_BT) -> list:
 
 # %% ../nbs/10_interventions.ipynb #d75bf7c6
 def _hidden(args, kwargs):
+    "The hidden states a decoder layer is called with, positional or keyword."
     return args[0] if args else kwargs["hidden_states"]
 
 # %% ../nbs/10_interventions.ipynb #2099259a
@@ -31,7 +32,10 @@ class ResidualStore:
     `restarting(l)` makes passes on stored blocks skip the layers before `l`; `save` / `load` carry them to another
     process (the capture stage's to the SAE stage). Passes must use default positions and no
     padding mask (`block_losses`, `variant_losses` do). `n_full` / `n_restarted` count the passes of each kind."""
-    def __init__(self, model, layers):
+    def __init__(self,
+                 model, # the causal LM
+                 layers, # decoder layers whose incoming states are stored
+                ):
         self.model, self.layers = model, sorted({int(l) for l in layers})
         self.dec = decoder_layers(model)
         bad = [l for l in self.layers if not 0 <= l < len(self.dec)]
@@ -40,13 +44,17 @@ class ResidualStore:
         self.n_full = self.n_restarted = 0
         self._keys, self._hit, self._hooked = None, False, False
 
-    def missing(self, layer: int, ids_BT) -> np.ndarray:
+    def missing(self,
+                layer: int, # one of the store's layers
+                ids_BT, # (blocks, tokens) token ids
+               ) -> np.ndarray:
         "Indices of the rows of `ids_BT` whose states entering `layer` are not stored."
         keys = _block_keys(ids_BT)
         return np.array([i for i, k in enumerate(keys) if k not in self.states[layer]], dtype=np.int64)
 
     @contextmanager
     def _track(self, record_layers, restart_layer=None):
+        "Context: hooks that key each pass by its token ids, store states at `record_layers` and restart at `restart_layer`."
         emb = self.model.get_input_embeddings()
         def reset(mod, args, kwargs): self._keys, self._hit = None, False
         def see_ids(mod, args):
@@ -95,7 +103,9 @@ class ResidualStore:
         "Context: every forward pass stores the states entering each of `layers` for its blocks (first pass wins)."
         return self._track(self.layers)
 
-    def restarting(self, layer: int):
+    def restarting(self,
+                   layer: int, # the layer passes restart at (one of the store's layers)
+                  ):
         """Context: a forward pass whose blocks are all stored skips the layers before `layer` (they return their input)
         and starts `layer` from the stored states; other passes run in full and store their states, except passes while
         a skipped layer carries a hook (the hook runs; its states are not stored)."""
@@ -109,7 +119,9 @@ class ResidualStore:
         return {"model_type": self.model.config.model_type, "dtype": str(w.dtype),
                 "checksum": [float(w.double().sum()), float(sum(q.double().sum() for q in L0.parameters()))]}
 
-    def save(self, path):
+    def save(self,
+             path, # file written with `torch.save`
+            ):
         "Write the stored states (float32 or the model's dtype) with their token ids and the model's fingerprint to `path`."
         out = {"fingerprint": self._fingerprint(), "layers": {}}
         for l, st in self.states.items():
@@ -119,7 +131,11 @@ class ResidualStore:
         return path
 
     @classmethod
-    def load(cls, model, path, layers=None) -> "ResidualStore":
+    def load(cls,
+             model, # the model the states are for
+             path, # a file written by `save`
+             layers=None, # layers to hold; None: those saved
+            ) -> "ResidualStore":
         """A store for `model` holding `layers` (default: those saved), with the states saved at `path` when they were
         computed by the same weights (else none: they are recomputed when needed)."""
         d = torch.load(path, map_location="cpu", weights_only=True)
@@ -132,7 +148,10 @@ class ResidualStore:
         return st
 
     @torch.inference_mode()
-    def fill(self, ids_BT, batch_size: int = 16):
+    def fill(self,
+             ids_BT, # (blocks, tokens) token ids
+             batch_size: int = 16, # blocks per pass
+            ):
         "Store the states of the blocks of `ids_BT` not yet stored, with passes that stop at the deepest layer needed."
         ids = np.asarray(ids_BT)
         todo = np.unique(np.concatenate([self.missing(l, ids) for l in self.layers]))
@@ -151,7 +170,10 @@ class ResidualStore:
 
 # %% ../nbs/10_interventions.ipynb #fd59b33e
 @contextmanager
-def site_variants(site_module, fns: list, rows_per_variant):
+def site_variants(site_module, # the site's down-projection module
+                  fns: list, # replacement functions (None: unchanged)
+                  rows_per_variant, # mutable list of `(fn index, n_rows)` runs, refilled before each pass
+                 ):
     """Within the block, a forward pass's rows are split into consecutive runs: rows `[s, e)` of run `j` get the site
     replacement `fns[j]` (a function of the flattened `(tokens, d_mlp)` activations; `None` = unchanged). The runs are
     read from the mutable list `rows_per_variant` of `(fn index, n_rows)` at each pass."""
@@ -169,8 +191,18 @@ def site_variants(site_module, fns: list, rows_per_variant):
 
 # %% ../nbs/10_interventions.ipynb #1999d65e
 @torch.inference_mode()
-def variant_losses(model, site_module, ids_BT, task_B, n_tasks: int, fns: dict, batch_size: int = 16, restart: bool = True,
-                   store: ResidualStore | None = None, progress: bool = False, desc: str = "variants") -> dict:
+def variant_losses(model, # the causal LM
+                   site_module, # the site's down-projection module; None: clean passes only
+                   ids_BT, # (blocks, tokens) probe token ids
+                   task_B, # task index of each block
+                   n_tasks: int, # number of tasks K
+                   fns: dict, # {name: replacement function or None (clean)}
+                   batch_size: int = 16, # rows per forward pass
+                   restart: bool = True, # restart passes at the site's layer from stored states
+                   store: ResidualStore | None = None, # states to reuse (e.g. from another stage); None: a new store
+                   progress: bool = False, # show a progress bar
+                   desc: str = "variants", # progress bar label
+                  ) -> dict:
     """Per-task summed per-block mean next-token loss and block counts, `{name: (tot_K, cnt_K)}`, with the input of
     `site_module` replaced by each `fns[name]` (`None` = clean; `site_module` None: clean passes only, as `block_losses`),
     as `block_losses` under `site_hook` would give them one variant at a time. (variant, block) pairs are packed `batch_size` rows per pass; with `restart`, passes restart
@@ -213,12 +245,20 @@ def variant_losses(model, site_module, ids_BT, task_B, n_tasks: int, fns: dict, 
     return out
 
 # %% ../nbs/10_interventions.ipynb #cf4d2c6b
-def block_losses(model, ids_BT, task_B, n_tasks: int, batch_size: int = 16) -> tuple:
+def block_losses(model, # the causal LM
+                 ids_BT, # (blocks, tokens) token ids
+                 task_B, # task index of each block
+                 n_tasks: int, # number of tasks K
+                 batch_size: int = 16, # blocks per forward pass
+                ) -> tuple:
     "Summed per-block mean next-token loss and block counts per task: `(tot_K, cnt_K)` (what every loss table is built from)."
     return variant_losses(model, None, ids_BT, task_B, n_tasks, {"clean": None}, batch_size, restart=False)["clean"]
 
 # %% ../nbs/10_interventions.ipynb #1689f05e
-def per_task_loss(model, blocks, batch_size: int = 16) -> dict:
+def per_task_loss(model, # the causal LM
+                  blocks, # the probe data (`ProbeBlocks`)
+                  batch_size: int = 16, # blocks per forward pass
+                 ) -> dict:
     "Mean next-token loss (nats) per task over the probe blocks."
     tot, cnt = block_losses(model, blocks.ids_BT, blocks.task_B, len(blocks.tasks), batch_size)
     return {t: float(tot[k] / cnt[k]) for k, t in enumerate(blocks.tasks)}

@@ -20,7 +20,10 @@ from .models import SIZES, model_name
 __all__ = ['model_facts', 'check_models', 'validate', 'parse_params', 'load_params', 'params_dict']
 
 # %% ../nbs/05_params.ipynb #9f03ac8e
-def model_facts(model: str, p: RunParams | None = None, hub: bool = True) -> dict | None:
+def model_facts(model: str, # micro-suite name, packaged model, local folder or hub id
+                p: RunParams | None = None, # the params (their suite section builds micro models); None: defaults
+                hub: bool = True, # also resolve hub ids (may need the network or the hub cache)
+               ) -> dict | None:
     """Architecture of a model spec without loading weights: `model_type`, `n_layers`, `d_mlp`, `max_positions`.
     Micro-suite names from their suite config, local folders from `config.json`, hub ids (when `hub`) from the hub or
     its local cache (an error names the fix when neither has it); None for a hub id when `hub` is False."""
@@ -36,7 +39,11 @@ def model_facts(model: str, p: RunParams | None = None, hub: bool = True) -> dic
             "max_positions": getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)}
 
 # %% ../nbs/05_params.ipynb #5002ce50
-def _check_model(m: str, p: RunParams, errors: list, hub: bool):
+def _check_model(m: str, # the model spec
+                 p: RunParams, # the params as they apply to `m` (`for_model`)
+                 errors: list, # problems are appended here
+                 hub: bool, # also resolve hub ids
+                ):
     "Append what does not fit model `m` (layers, block_size, SAE sizes) to `errors`; returns its facts."
     from sdlms.models import select_layers
     try: f = model_facts(m, p, hub)
@@ -60,7 +67,8 @@ def _check_model(m: str, p: RunParams, errors: list, hub: bool):
     return f
 
 # %% ../nbs/05_params.ipynb #9435f7f3
-def check_models(p: RunParams) -> dict:
+def check_models(p: RunParams, # validated params
+                ) -> dict:
     """Resolve every model's architecture before any compute or run folder (hub ids too) and check the layers,
     block_size and SAE sizes against it. One `SdlmsError` lists every problem; returns `{model: facts}`."""
     errors, out = [], {}
@@ -74,7 +82,9 @@ def check_models(p: RunParams) -> dict:
 # %% ../nbs/05_params.ipynb #8214ec99
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-def validate(p: RunParams, errors: list | None = None) -> list:
+def validate(p: RunParams, # the params built by `build_section`
+             errors: list | None = None, # list to append to; None: a new one
+            ) -> list:
     "Semantic checks (models, layers, tasks, ranges); returns the list of problems (empty when valid)."
     from sdlms.models import SITE_REGISTRY
     errors = [] if errors is None else errors
@@ -144,7 +154,9 @@ def validate(p: RunParams, errors: list | None = None) -> list:
     return errors
 
 # %% ../nbs/05_params.ipynb #e9af5474
-def _validate_overrides(p: RunParams, errors: list):
+def _validate_overrides(p: RunParams, # the run's params
+                        errors: list, # problems are appended here
+                       ):
     "Check `overrides`: known models and keys, and each model's merged params as a run of that model alone."
     for m, o in (p.overrides or {}).items():
         if m not in p.models:
@@ -161,7 +173,10 @@ def _validate_overrides(p: RunParams, errors: list):
         errors += [f"overrides.{m}: {e}" for e in sub]
 
 # %% ../nbs/05_params.ipynb #0dc7c539
-def _validate_sae(p: RunParams, errors: list):
+def _validate_sae(p: RunParams, # the run's params
+                  errors: list, # problems are appended here
+                 ):
+    "Check the `sae` section: the cache it trains on, every grid point's settings, held-out text for `train_data: tasks`."
     if p.sae is None: return
     from sdlms.config import parse_sae_params
     if not p.capture.cache: errors.append("sae: the SAE stage trains on the activation cache; set capture.cache: true")
@@ -179,7 +194,8 @@ def _validate_sae(p: RunParams, errors: list):
                           "row of their dataset split); use generated tasks or built-in sources, or a train_data file")
 
 # %% ../nbs/05_params.ipynb #c8ed09a8
-def parse_params(d: dict) -> RunParams:
+def parse_params(d: dict, # the params as plain data (parsed YAML); missing keys take their defaults
+                ) -> RunParams:
     "Build and validate `RunParams` from a dict; raises one `SdlmsError` listing every problem."
     errors = []
     p = build_section(RunParams, d or {}, "", errors)
@@ -190,7 +206,8 @@ def parse_params(d: dict) -> RunParams:
     return p
 
 # %% ../nbs/05_params.ipynb #2ee66954
-def load_params(path) -> RunParams:
+def load_params(path, # a YAML file, or the stem of one in `params/`
+               ) -> RunParams:
     "Read a YAML params file (merged over the defaults) and validate it."
     path = Path(path)
     if not path.exists():
@@ -207,7 +224,8 @@ def load_params(path) -> RunParams:
     return parse_params(d)
 
 # %% ../nbs/05_params.ipynb #c859de44
-def params_dict(p: RunParams) -> dict:
+def params_dict(p: RunParams, # validated params
+               ) -> dict:
     """The merged parameters as plain data (what a run saves as params.yaml and hashes): the `sae` section with every
     SAE default filled in, so a default that changes results changes the config hash too."""
     d = asdict(p)

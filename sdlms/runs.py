@@ -23,7 +23,8 @@ __all__ = ['slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'm
            'merge_specialization', 'StageContext', 'stage_context', 'resolve_model']
 
 # %% ../nbs/23_runs.ipynb #f50a4d0a
-def slug(model: str) -> str:
+def slug(model: str, # a model spec: micro-suite name, packaged name, hub id or local path
+        ) -> str:
     "Folder-safe name of a model spec (`EleutherAI/pythia-70m` -> `EleutherAI__pythia-70m`)."
     s = re.sub(r"[^\w.-]+", "__", str(model).strip("/"))
     return s[-80:]
@@ -34,7 +35,9 @@ def artifacts_root() -> Path:
     return Path(os.environ.get("SDLMS_ARTIFACTS", repo_root() / "artifacts"))
 
 # %% ../nbs/23_runs.ipynb #2c5e8f25
-def new_run_dir(name: str, root=None) -> Path:
+def new_run_dir(name: str, # the run's name (params `name`); slugged into the folder name
+                root=None, # parent folder; None: `artifacts_root()`
+               ) -> Path:
     "Create a fresh `<root>/<YYYYMMDD-HHMMSS>-<name>` folder (suffixed when the second is taken)."
     root = Path(root) if root else artifacts_root(); root.mkdir(parents=True, exist_ok=True)
     base = f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{slug(name)}"
@@ -45,14 +48,16 @@ def new_run_dir(name: str, root=None) -> Path:
     raise SdlmsError(f"cannot create a new run folder under {root}")
 
 # %% ../nbs/23_runs.ipynb #6e2904c9
-def run_status(run_dir) -> dict:
+def run_status(run_dir, # a run folder
+              ) -> dict:
     "The `run.json` of a run folder (clear error when it is not one)."
     f = Path(run_dir) / "run.json"
     if not f.exists(): raise SdlmsError(f"{run_dir} is not an sdlms run folder (no run.json); runs live in {artifacts_root()}")
     return json.loads(f.read_text())
 
 # %% ../nbs/23_runs.ipynb #ae5263bf
-def find_run(ref) -> Path:
+def find_run(ref, # a path to a run folder, or a folder name under `artifacts_root()`
+            ) -> Path:
     "Resolve a run given as a path or a folder name under the artifacts root."
     p = Path(ref)
     if (p / "run.json").exists(): return p.resolve()
@@ -62,7 +67,10 @@ def find_run(ref) -> Path:
     raise SdlmsError(f"no run {str(ref)!r}; runs under {artifacts_root()}: {', '.join(have[-10:]) or 'none'}")
 
 # %% ../nbs/23_runs.ipynb #c3c1840d
-def merge_csv(run_dir, pattern: str, name: str) -> Path | None:
+def merge_csv(run_dir, # the run folder
+              pattern: str, # glob of the parts, relative to `run_dir`
+              name: str, # file name of the merged table in `run_dir`
+             ) -> Path | None:
     "Concatenate every `run_dir/<pattern>` CSV into the run's `name` (atomically); None when there is none."
     import pandas as pd
     run_dir = Path(run_dir)
@@ -93,7 +101,11 @@ class StageContext:
     out_dir: Path
     t0: float
 
-    def upstream(self, rel: str, what: str, stage: str) -> Path:
+    def upstream(self,
+                 rel: str, # path of the artifact relative to the run folder
+                 what: str, # what it is, for the error message
+                 stage: str, # the stage that writes it, for the error message
+                ) -> Path:
         "Path of an upstream artifact `run_dir/rel`, with an error naming the stage to run when missing."
         f = self.run_dir / rel
         if not f.exists():
@@ -106,7 +118,12 @@ class StageContext:
                                                 "versions": package_versions(), "stage_seconds": round(time.perf_counter() - self.t0, 2), **kw})
 
 # %% ../nbs/23_runs.ipynb #93c21dd4
-def stage_context(run_dir: str = "", out_dir: str = "", params_file: str = "", name: str = "stage", model: str = "") -> StageContext:
+def stage_context(run_dir: str = "", # the run folder; empty: the scratch run `<artifacts>/_scratch`
+                  out_dir: str = "", # this stage's output folder (created); empty: `run_dir/name`
+                  params_file: str = "", # params of the scratch run; empty: `params/smoke.yaml`
+                  name: str = "stage", # output folder name when `out_dir` is empty
+                  model: str = "", # the model this stage works on; empty: the run's params unchanged
+                 ) -> StageContext:
     """Resolve params and folders for a stage notebook (the params as they apply to `model` when given: its
     `overrides` merged in); also sets one torch thread and the plotly renderer."""
     from sdlms.core import set_threads
@@ -127,7 +144,9 @@ def stage_context(run_dir: str = "", out_dir: str = "", params_file: str = "", n
     return StageContext(p, run_dir, out, time.perf_counter())
 
 # %% ../nbs/23_runs.ipynb #e6fbcfa6
-def resolve_model(ctx: StageContext, model: str) -> dict:
+def resolve_model(ctx: StageContext, # the stage's context (its run folder and params)
+                  model: str, # a model spec from the run's `models`
+                 ) -> dict:
     "Where to load `model` from: `{path, init_path}` (init_path None: build the random-init twin from the config)."
     if model.startswith("micro-"):
         mj = ctx.run_dir / "suite" / "models.json"

@@ -25,7 +25,11 @@ __all__ = ['skip_reason', 'init_norm', 'sparse_topk_sae_class', 'build_training_
            'TrainingError', 'train_sae', 'calibrate_threshold']
 
 # %% ../nbs/17_sae.ipynb #9f2bf78f
-def skip_reason(n_distinct: int, n_tokens: int, p: SAEParams) -> str:
+def skip_reason(
+    n_distinct: int, # distinct activation vectors among the probe tokens (`sdlms.sae_eval.distinct_inputs`)
+    n_tokens: int, # probe tokens
+    p: SAEParams, # `SAEParams` (`min_distinct_frac`)
+) -> str:
     "Why no SAE is trained at a site whose probe tokens hold `n_distinct` distinct activation vectors ('' when one is)."
     if n_distinct >= p.min_distinct_frac * n_tokens: return ""
     return (f"the site's input is a function of the token: {n_distinct:,} distinct activation vectors in {n_tokens:,} probe tokens "
@@ -103,7 +107,11 @@ def sparse_topk_sae_class():
     return SparseTopKTrainingSAE
 
 # %% ../nbs/17_sae.ipynb #8af30f9d
-def build_training_sae(p: SAEParams, d_in: int, device: str = "cpu"):
+def build_training_sae(
+    p: SAEParams, # the grid point (`SAEParams`)
+    d_in: int, # activation width of the site
+    device: str = "cpu", # torch device
+):
     "A SAELens TrainingSAE of `p.architecture` for width `d_in` (seeded)."
     from sae_lens.registry import get_sae_training_class
     set_seed(p.seed)
@@ -141,7 +149,11 @@ def _trainer(sae, p: SAEParams, provider, device="cpu"):
 
 # %% ../nbs/17_sae.ipynb #b88d7d61
 @torch.no_grad()
-def recon(sae, x: torch.Tensor, scale: float | None = None) -> tuple:
+def recon(
+    sae, # a SAELens SAE (training or inference)
+    x: torch.Tensor, # raw activations `(N, d_in)`
+    scale: float | None = None, # training-time input scale (None: inputs as they are)
+) -> tuple:
     "Reconstruction and latent activations of raw activations `x` (applying the training-time scale if given)."
     sae.eval()
     xs = x * scale if scale else x
@@ -150,7 +162,11 @@ def recon(sae, x: torch.Tensor, scale: float | None = None) -> tuple:
     return (out / scale if scale else out), f
 
 # %% ../nbs/17_sae.ipynb #6c7c07a0
-def row_batches(src, rows=None, batch: int = 4096):
+def row_batches(
+    src, # an `ActivationCache` or an `(N, d)` tensor
+    rows=None, # token rows to read (None: all)
+    batch: int = 4096, # tokens per batch
+):
     "float32 batches of an `ActivationCache` (all tokens or `rows`) or of an in-memory `(N, d)` tensor."
     if isinstance(src, torch.Tensor):
         x = src if rows is None else src[torch.as_tensor(np.sort(np.asarray(rows)))]
@@ -159,7 +175,13 @@ def row_batches(src, rows=None, batch: int = 4096):
 
 # %% ../nbs/17_sae.ipynb #e323b81a
 @torch.no_grad()
-def evaluate(sae, src, rows=None, scale: float | None = None, batch: int = 4096) -> dict:
+def evaluate(
+    sae, # a SAELens SAE
+    src, # an `ActivationCache` or an `(N, d)` tensor
+    rows=None, # token rows (None: all)
+    scale: float | None = None, # training-time input scale (None: none)
+    batch: int = 4096, # tokens per batch
+) -> dict:
     """Reconstruction metrics of an SAE on `src`, an activation cache (all tokens, or `rows`) or an `(N, d)` tensor:
     MSE, explained variance, L0 and per-latent firing counts over `tokens` tokens."""
     n, sse, s1, s2, l0 = 0, 0.0, None, 0.0, 0.0
@@ -190,8 +212,15 @@ def _save_ckpt(trainer, root: Path, name: str) -> Path:
     return final
 
 # %% ../nbs/17_sae.ipynb #817fc6aa
-def train_sae(source, out_dir, p: SAEParams | dict | None = None, device: str = "cpu", progress: bool = True,
-              stop_after_steps: int | None = None, _poison=None) -> dict:
+def train_sae(
+    source, # an `ActivationStream`, or the path of an activation cache (split 80/20 by text blocks)
+    out_dir, # the SAE's folder
+    p: SAEParams | dict | None = None, # `SAEParams`, a dict of its fields, or None (defaults)
+    device: str = "cpu", # torch device
+    progress: bool = True, # show a progress bar
+    stop_after_steps: int | None = None, # return after this many steps, as if interrupted (tests)
+    _poison=None, # batch numbers whose first value becomes NaN (tests)
+) -> dict:
     """Train an SAE on `source`, an `ActivationStream` (or the path of an activation cache, split by text blocks into
     training and held-out tokens). Early stopping watches the held-out MSE. Writes to `out_dir`: `sae/` (SAELens
     inference format), `checkpoints/` (resumable: a rerun with the same stream resumes from the newest), `curves.csv`.
@@ -283,7 +312,11 @@ def train_sae(source, out_dir, p: SAEParams | dict | None = None, device: str = 
 
 # %% ../nbs/17_sae.ipynb #b8b1b36b
 @torch.no_grad()
-def calibrate_threshold(sae_dir, x_ND: torch.Tensor, k: int):
+def calibrate_threshold(
+    sae_dir, # folder of a saved JumpReLU SAE (rewritten in place)
+    x_ND: torch.Tensor, # training-stream activations to calibrate on
+    k: int, # target mean L0
+):
     """Set a saved JumpReLU SAE's threshold so that its mean L0 on the activations `x_ND` (a training-stream sample, e.g.
     `sae.calibration_tokens` of them) is `k`; rewrites the weights. Returns the threshold."""
     from safetensors.torch import load_file, save_file

@@ -19,7 +19,11 @@ __all__ = ['split_blocks', 'StreamBatches', 'ActivationStream', 'collect_site_ac
            'synthetic_stream', 'mlp_like_stream']
 
 # %% ../nbs/16_streams.ipynb #7bd36965
-def split_blocks(index, val_frac: float, seed: int):
+def split_blocks(
+    index, # a cache index with columns `token`, `block`, `task`
+    val_frac: float, # share of each task's blocks held out
+    seed: int, # seed of the choice
+):
     "Token rows `(train, held_out)` of a cache index, split by whole text blocks (stratified by task), seeded."
     rng = np.random.default_rng(seed)
     blocks = index.groupby("block")["task"].first()
@@ -92,7 +96,12 @@ def _compact(x: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/16_streams.ipynb #761c4db4
 @torch.no_grad()
-def collect_site_activations(model, site_module, ids_BT, batch_size: int = 16) -> torch.Tensor:
+def collect_site_activations(
+    model, # the causal LM
+    site_module, # the module whose input is kept (an MLP down projection)
+    ids_BT, # token blocks
+    batch_size: int = 16, # blocks per forward pass
+) -> torch.Tensor:
     """The input of `site_module` (an MLP's down projection: the MLP activations) for token blocks `ids_BT`, as a
     `(B * T, d)` float16 tensor (bfloat16 if float16 would overflow). Each forward pass stops at the site."""
     ids = torch.as_tensor(np.asarray(ids_BT), dtype=torch.long)
@@ -113,7 +122,15 @@ def collect_site_activations(model, site_module, ids_BT, batch_size: int = 16) -
     return out
 
 # %% ../nbs/16_streams.ipynb #9ec76f9c
-def stream_blocks(tokenizer, source: str, n_tokens: int, block_size: int, seed: int, tasks=None, manifest=None) -> np.ndarray:
+def stream_blocks(
+    tokenizer, # the model's tokenizer
+    source: str, # 'generated', 'tasks' or a local text dataset path (`sae.train_data`)
+    n_tokens: int, # tokens needed at least
+    block_size: int, # tokens per block
+    seed: int, # seed of the text and the shuffle
+    tasks=None, # the run's probe task names (source 'tasks')
+    manifest=None, # data manifest (source 'tasks'; None: `sdlms.data.load_manifest()`)
+) -> np.ndarray:
     """Shuffled `(B, block_size)` token blocks, at least `n_tokens` in all, of training text: `source` 'generated' (the
     generated corpus's train split, every task in equal parts, as the micro-suite is trained), 'tasks' (the train split
     of the run's probe `tasks` from `manifest`, in equal parts: held-out text of the same kinds, for a real model) or a
@@ -137,8 +154,16 @@ def stream_blocks(tokenizer, source: str, n_tokens: int, block_size: int, seed: 
     return np.asarray(ids[:need], dtype=np.int64).reshape(-1, block_size)
 
 # %% ../nbs/16_streams.ipynb #77894b39
-def site_stream(model, tokenizer, site_module, p: SAEParams, block_size: int = 128, batch_size: int = 16, tasks=None,
-                manifest=None) -> ActivationStream:
+def site_stream(
+    model, # the causal LM
+    tokenizer, # its tokenizer
+    site_module, # the site's down projection
+    p: SAEParams, # `SAEParams` (`train_data`, `train_tokens`, `holdout_tokens`, `stream_seed`)
+    block_size: int = 128, # tokens per block
+    batch_size: int = 16, # blocks per forward pass
+    tasks=None, # the run's probe task names (`train_data: tasks`)
+    manifest=None, # data manifest (`train_data: tasks`)
+) -> ActivationStream:
     """The SAE training stream of one site: `p.train_tokens` (+ `p.holdout_tokens` held out) tokens of `p.train_data` text
     run through `model`, the site's activations kept in memory. Never the probe tokens (`train_data: tasks` reads the
     train split of the run's `tasks`)."""
@@ -155,8 +180,14 @@ def site_stream(model, tokenizer, site_module, p: SAEParams, block_size: int = 1
         "forward_tokens_per_s": round(len(acts) / max(secs, 1e-9), 1)})
 
 # %% ../nbs/16_streams.ipynb #21f79887
-def synthetic_stream(n_features: int = 64, d_in: int = 32, firing_prob: float = 0.04, n_train: int = 163_840,
-                     n_holdout: int = 4096, seed: int = 0) -> tuple:
+def synthetic_stream(
+    n_features: int = 64, # true dictionary size
+    d_in: int = 32, # activation width
+    firing_prob: float = 0.04, # probability that a feature fires on a token
+    n_train: int = 163_840, # training tokens
+    n_holdout: int = 4096, # held-out tokens
+    seed: int = 0, # seed of the dictionary and the samples
+) -> tuple:
     "An `ActivationStream` of SAELens synthetic activations (sparse combinations of a known dictionary) and the dictionary `(G, d_in)`."
     from sae_lens.synthetic import ActivationGenerator, FeatureDictionary
     fd = FeatureDictionary(n_features, d_in, initializer=None, seed=seed)
@@ -166,8 +197,16 @@ def synthetic_stream(n_features: int = 64, d_in: int = 32, firing_prob: float = 
     return ActivationStream(X[:n_train].half(), X[n_train:].half(), {"train_data": "SAELens synthetic activations"}), fd.feature_vectors.detach()
 
 # %% ../nbs/16_streams.ipynb #43def0e1
-def mlp_like_stream(n_train: int = 32_768, n_holdout: int = 8192, vocab: int = 512, d_model: int = 128, d_mlp: int = 512,
-                    noise: float = 0.5, zipf: float = 1.1, seed: int = 0) -> ActivationStream:
+def mlp_like_stream(
+    n_train: int = 32_768, # training tokens
+    n_holdout: int = 8192, # held-out tokens
+    vocab: int = 512, # token types
+    d_model: int = 128, # embedding width
+    d_mlp: int = 512, # activation width
+    noise: float = 0.5, # std of the context noise added to the embedding
+    zipf: float = 1.1, # Zipf exponent of the token distribution
+    seed: int = 0, # seed
+) -> ActivationStream:
     """An `ActivationStream` of MLP-like activations with no known dictionary: GELU of a random projection of
     Zipf-distributed token embeddings plus context noise (token-dominated, skewed, correlated units, like an early
     MLP layer). Tests use it to see degenerate (collapsed, duplicated) latents."""

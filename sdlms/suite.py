@@ -26,7 +26,11 @@ __all__ = ['SUITE_VERSION', 'training_blocks', 'check_sizes', 'lr_at', 'train_mo
 # %% ../nbs/06_suite.ipynb #4de6ce15
 SUITE_VERSION = 2   # bump when training code or the corpus changes, so cached suites are rebuilt
 
-def training_blocks(tokenizer, n_tokens: int, seq_len: int = 128, seed: int = 0) -> np.ndarray:
+def training_blocks(tokenizer, # the suite's BPE tokenizer (a transformers tokenizer)
+                    n_tokens: int, # training tokens wanted in all (rounded up to whole blocks per task)
+                    seq_len: int = 128, # block length in tokens
+                    seed: int = 0, # seed of the generated text and of the block shuffle
+                   ) -> np.ndarray:
     "Shuffled `(n_blocks, seq_len)` int32 training blocks, about `n_tokens` in all, balanced over tasks."
     per_task = max(1, math.ceil(n_tokens / len(GENERATORS) / seq_len))
     blocks = []
@@ -40,13 +44,19 @@ def training_blocks(tokenizer, n_tokens: int, seq_len: int = 128, seed: int = 0)
     return b[np.random.default_rng(seed).permutation(len(b))]
 
 # %% ../nbs/06_suite.ipynb #d1ea969e
-def check_sizes(sizes: list):
+def check_sizes(sizes: list, # size names such as "xs"
+               ):
     "Refuse suite sizes that `sdlms.models.SIZES` does not define, naming the ones it does."
     bad = [s for s in sizes if s not in SIZES]
     if bad: raise SdlmsError(f"unknown suite sizes {bad}; sizes: {', '.join(SIZES)}")
 
 # %% ../nbs/06_suite.ipynb #ff583d4a
-def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05, final_frac: float = 0.1) -> float:
+def lr_at(step: int, # optimizer step, from 0
+          total: int, # number of steps
+          peak: float, # peak learning rate
+          warmup_frac: float = 0.05, # share of steps of linear warm-up
+          final_frac: float = 0.1, # final learning rate as a share of `peak`
+         ) -> float:
     "Linear warm-up then cosine decay to `final_frac * peak`."
     w = max(1, int(total * warmup_frac))
     if step < w: return peak * (step + 1) / w
@@ -54,10 +64,20 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05, final_f
     return peak * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p)))
 
 # %% ../nbs/06_suite.ipynb #97d78603
-def train_model(size: str, blocks: np.ndarray, out_dir, init_dir, seed: int = 0, batch_size: int = 16,
-                vocab_size: int = 1024, rotary_pct: float = 1.0, tokenizer_dir=None, progress=None) -> dict:
+def train_model(size: str, # a key of `SIZES`
+                blocks: np.ndarray, # (n_blocks, seq_len) int training blocks (`training_blocks`)
+                out_dir, # folder for the trained model (replaced if present)
+                init_dir, # folder for the random-init twin (replaced if present)
+                seed: int = 0, # seed of the initial weights
+                batch_size: int = 16, # blocks per optimizer step
+                vocab_size: int = 1024, # the tokenizer's vocabulary size
+                rotary_pct: float = 1.0, # share of head dims with rotary embeddings
+                tokenizer_dir=None, # tokenizer saved next to both models when given
+                progress=None, # optional `progress(step, total, loss)` callback
+               ) -> dict:
     """Train one suite model on `blocks`; saves the init twin to `init_dir` before training and the trained
-    model to `out_dir`. `progress(step, total, loss)` is called every step. Returns a summary dict."""
+    model to `out_dir`. `progress(step, total, loss)` is called every step. Returns a summary dict (steps, tokens,
+    time, throughput, `final_loss` = mean loss of the last 5% of steps, parameter count, weight hash)."""
     import torch
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
     set_threads(1); set_seed(seed)
@@ -95,6 +115,7 @@ def train_model(size: str, blocks: np.ndarray, out_dir, init_dir, seed: int = 0,
 
 # %% ../nbs/06_suite.ipynb #bd968161
 def _save(model, tok, d):
+    "Save `model` (and `tok`) to `d` atomically: written to `<d>.partial`, then renamed."
     from transformers.utils import logging as tlog
     tlog.disable_progress_bar()
     d = Path(d); tmp = d.with_name(d.name + ".partial")
@@ -104,7 +125,9 @@ def _save(model, tok, d):
     os.replace(tmp, d)
 
 # %% ../nbs/06_suite.ipynb #feb34103
-def suite_key(cfg: SuiteParams, seed: int) -> str:
+def suite_key(cfg: SuiteParams, # the suite settings
+              seed: int, # the run seed
+             ) -> str:
     "Cache key of a suite: hash of its settings, seed and `SUITE_VERSION` (each size is its own folder under it)."
     return hash_json({"cfg": asdict(cfg), "seed": seed, "v": SUITE_VERSION})[:16]
 
@@ -114,7 +137,10 @@ def suite_dir(cfg: SuiteParams, seed: int) -> Path:
     return cache_dir() / "suite" / suite_key(cfg, seed)
 
 # %% ../nbs/06_suite.ipynb #8c3e5266
-def prepare_suite(cfg: SuiteParams, seed: int = 0, sizes: list = ()) -> Path:
+def prepare_suite(cfg: SuiteParams, # the suite settings
+                  seed: int = 0, # the run seed
+                  sizes: list = (), # sizes to be trained (only checked here)
+                 ) -> Path:
     "Check `sizes` and build (or reuse) the suite's BPE tokenizer and training blocks; returns the suite folder."
     check_sizes(sizes)
     root = suite_dir(cfg, seed); root.mkdir(parents=True, exist_ok=True)
@@ -135,7 +161,11 @@ def is_trained(cfg: SuiteParams, seed: int, size: str) -> bool:
     return (suite_dir(cfg, seed) / model_name(size) / "sdlms_train.json").exists()
 
 # %% ../nbs/06_suite.ipynb #f84b4058
-def train_size(size: str, cfg_d: dict, seed: int = 0, q=None) -> dict:
+def train_size(size: str, # a key of `SIZES`
+               cfg_d: dict, # `SuiteParams` as a dict (picklable)
+               seed: int = 0, # the run seed
+               q=None, # optional queue for `(size, step, total, loss)` progress
+              ) -> dict:
     """Train one suite size on the prepared suite's blocks (`prepare_suite` first) and save it with its random-init
     twin; `cfg_d` the `SuiteParams` as a dict (picklable), `q` an optional queue that gets `(size, step, total, loss)`."""
     cfg = SuiteParams(**cfg_d); root = suite_dir(cfg, seed)
@@ -161,7 +191,12 @@ def suite_models(cfg: SuiteParams, sizes: list, seed: int = 0) -> dict:
     return out
 
 # %% ../nbs/06_suite.ipynb #8ba65369
-def build_suite(cfg: SuiteParams, sizes: list, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
+def build_suite(cfg: SuiteParams, # the suite settings
+                sizes: list, # sizes to build, e.g. `["xs", "s"]`
+                seed: int = 0, # the run seed
+                workers: int = 2, # training processes
+                progress: bool = True, # show one progress bar per model
+               ) -> dict:
     "Build (or reuse) the suite's `sizes`, largest first in `workers` processes; returns `suite_models`."
     import multiprocessing as mp
     from tqdm import tqdm

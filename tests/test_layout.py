@@ -32,6 +32,16 @@ def test_no_import_cycles():
     for m in deps: visit(m, [])
 
 
+def test_modules_import_only_earlier_steps():
+    "Each module imports only modules whose notebook comes earlier in the pipeline (lazy imports inside functions too)."
+    nbs = sorted((PKG.parent / "nbs").glob("[0-9][0-9]_*.ipynb"))
+    order = {p.stem.split("_", 1)[1]: int(p.stem[:2]) for p in nbs}
+    deps = _module_imports()
+    assert set(deps) == set(order), f"modules without a notebook or notebooks without a module: {set(deps) ^ set(order)}"
+    late = {m: sorted(d for d in ds if order[d] > order[m]) for m, ds in deps.items()}
+    assert not any(late.values()), f"imports of later pipeline steps: { {m: d for m, d in late.items() if d} }"
+
+
 def test_modules_stay_readable():
     for f in PKG.glob("*.py"):
         if f.stem.startswith("_"): continue
