@@ -291,6 +291,7 @@ def sparsity_rows(model_spec: str, # the model as named in the params
                   imp: dict, # site importance by layer (`mlp_importance`)
                   res_init: dict | None = None, # the random-init twin's `capture` results
                   imp_init: dict | None = None, # the twin's site importance
+                  cache_dtype: str = "float16", # the activation cache's dtype (where PR was read back from it)
                  ) -> list:
     """The `sparsity.csv` rows of one model: per captured layer the model and site facts, `capture`'s scalar metrics (`res`),
     how PR was computed, site importance (`imp`, from `mlp_importance`) and, with the twin's results, the same with `init_`."""
@@ -308,7 +309,7 @@ def sparsity_rows(model_spec: str, # the model as named in the params
              "frac_active_meaningful": not gated,     # a gated site (act(gate) * up) is sign-symmetric: a > 0 on half the entries
              "weights": model_source(model_spec)}
         r.update({k: res[l][k] for k in scalar})
-        where = "read back from the activation cache (float16) after capture" if res[l]["pr_source"] == "cache" else "during the forward pass"
+        where = f"read back from the activation cache ({cache_dtype}) after capture" if res[l]["pr_source"] == "cache" else "during the forward pass"
         which = f"all {res[l]['tokens']} tokens" if res[l]["pr_tokens"] == res[l]["tokens"] else \
             f"a seeded subsample of {res[l]['pr_tokens']} of {res[l]['tokens']} tokens"
         r["pr_method"] = f"exact covariance (float64 sums) on {which}, {where}; top-k mass on the same tokens"

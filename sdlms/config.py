@@ -13,8 +13,8 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'RunParams',
-           'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
+__all__ = ['OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'merge_overrides',
+           'RunParams', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -98,7 +98,7 @@ class SpecParams:
 # %% ../nbs/02_config.ipynb #4e346edb
 OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "capture", "sae", "specialization")
 
-def _merged(d: dict, # the run params as plain data (`asdict`)
+def merge_overrides(d: dict, # the run params as plain data (`asdict`)
             o: dict, # one model's overrides
            ) -> dict:
     "Plain params `d` with one model's overrides `o` merged in (sections key by key); no overrides left in the result."
@@ -138,7 +138,7 @@ class RunParams:
         o = (self.overrides or {}).get(model)
         if not o: return self
         errors = []
-        q = build_section(RunParams, _merged(asdict(self), o), "", errors)
+        q = build_section(RunParams, merge_overrides(asdict(self), o), "", errors)
         if errors: raise SdlmsError(f"overrides.{model}: " + "; ".join(errors))
         return q
 

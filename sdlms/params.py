@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, repo_root
-from .config import OVERRIDE_KEYS, RunParams, _merged, build_section, sae_grid
+from .config import OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
 from .data import load_manifest
 from .models import SIZES, model_name
 
@@ -168,7 +168,7 @@ def _validate_overrides(p: RunParams, # the run's params
             errors.append(f"overrides.{m}: {', '.join(map(repr, bad))} cannot be set per model; per-model keys: {', '.join(OVERRIDE_KEYS)}")
             continue
         sub = []
-        q = build_section(RunParams, {**_merged(asdict(p), o), "models": [m]}, "", sub)
+        q = build_section(RunParams, {**merge_overrides(asdict(p), o), "models": [m]}, "", sub)
         if not sub: validate(q, sub); _validate_sae(q, sub)
         errors += [f"overrides.{m}: {e}" for e in sub]
 

@@ -24,7 +24,12 @@ __all__ = ['duplicate_latents', 'distinct_inputs', 'feature_stats', 'spliced_los
 
 # %% ../nbs/18_sae_eval.ipynb #d402656c
 @torch.no_grad()
-def duplicate_latents(active_NF, W_dec_FD, cos_cut: float = 0.9, chunk: int = 1024) -> dict:
+def duplicate_latents(
+    active_NF, # boolean activity, one row per token, one column per latent
+    W_dec_FD, # decoder rows `(d_sae, d_in)`
+    cos_cut: float = 0.9, # decoder cosine above which two live latents are duplicates
+    chunk: int = 1024, # latents per block of the cosine matrix
+) -> dict:
     """Near-duplicate latents among the live ones (those active at least once in the boolean `active_NF`): a live latent
     is duplicated when another live latent is active on exactly the same tokens (`same_pattern_F`) or when their decoder
     directions have cosine above `cos_cut` (`decoder_F`). Returns the flags and the shares of live latents."""
@@ -57,8 +62,15 @@ def distinct_inputs(cache: ActivationCache) -> int:
 
 # %% ../nbs/18_sae_eval.ipynb #306db011
 @torch.no_grad()
-def feature_stats(sae, cache: ActivationCache, tasks: list, p: SAEParams | None = None, n_null: int = 20, seed: int = 0,
-                  batch: int = 4096) -> dict:
+def feature_stats(
+    sae, # a SAELens SAE
+    cache: ActivationCache, # the site's probe activation cache
+    tasks: list, # task names
+    p: SAEParams | None = None, # `SAEParams` (`dup_cos`, `ultra_low_density`; None: defaults)
+    n_null: int = 20, # label shuffles for the SI null
+    seed: int = 0, # seed of the shuffles
+    batch: int = 4096, # tokens per encoding batch
+) -> dict:
     """Per-latent activity of an SAE on every probe token of `cache`: density, dead and ultra-low-density shares (with the
     tokens behind them: the smallest density they resolve is 1 / tokens), near-duplicate latents (`duplicate_latents`),
     and per-task rates and SI from `sdlms.specialization.si_analysis`: the same routine, rows (all probe tokens, active
@@ -86,8 +98,17 @@ def feature_stats(sae, cache: ActivationCache, tasks: list, p: SAEParams | None 
 
 # %% ../nbs/18_sae_eval.ipynb #b4679d87
 @torch.no_grad()
-def spliced_losses(model, ids_BT, task_B, tasks, site_module, replacements: dict, batch_size: int = 8, restart: bool = True,
-                   store=None) -> "pd.DataFrame":
+def spliced_losses(
+    model, # the causal LM
+    ids_BT, # probe token blocks
+    task_B, # task id per block
+    tasks, # task names
+    site_module, # the site's down projection (its input is replaced)
+    replacements: dict, # variant name -> map of the activations `(N, d)` (None: clean)
+    batch_size: int = 8, # blocks per forward pass
+    restart: bool = True, # start the variants at the site's layer from stored hidden states
+    store=None, # a `ResidualStore` to reuse
+) -> "pd.DataFrame":
     """Per-task mean next-token loss with the input of `site_module` replaced by each `replacements[name](a_ND)`
     (`None` = clean). Returns a DataFrame with columns variant, task, loss. The variants share passes
     (`sdlms.interventions.variant_losses`), restarted at the site's layer (`restart`; `store`: a `ResidualStore` to reuse)."""
@@ -101,7 +122,11 @@ def spliced_losses(model, ids_BT, task_B, tasks, site_module, replacements: dict
     return pd.DataFrame(rows)
 
 # %% ../nbs/18_sae_eval.ipynb #50f6bdb8
-def loss_recovered(df, ablation: str = "zero", min_cost: float = 0.05) -> "pd.DataFrame":
+def loss_recovered(
+    df, # `spliced_losses` table with variants clean, sae and `ablation`
+    ablation: str = "zero", # the reference ablation: 'zero' or 'mean'
+    min_cost: float = 0.05, # smallest ablation cost (nats) for which a ratio is reported
+) -> "pd.DataFrame":
     """Per task, from a `spliced_losses` table: the ablation's cost `L_ablation - L_clean` (nats) and the loss recovered
     by the SAE, `(L_ablation - L_sae) / cost`. Recovered is NaN, with the reason in `note`, where the cost is below
     `min_cost`: the model barely uses the site there, and the ratio would divide noise by noise."""
@@ -115,7 +140,12 @@ def loss_recovered(df, ablation: str = "zero", min_cost: float = 0.05) -> "pd.Da
     return pd.DataFrame({"cost": cost, "recovered": ((w[ablation] - w["sae"]) / cost).where(ok), "note": note})
 
 # %% ../nbs/18_sae_eval.ipynb #333cfffd
-def loss_blocks(cache: ActivationCache, tasks, blocks_per_task: int = 0, seed: int = 0) -> tuple:
+def loss_blocks(
+    cache: ActivationCache, # the site's probe activation cache
+    tasks, # task names
+    blocks_per_task: int = 0, # blocks per task (0: all)
+    seed: int = 0, # seed of the draw (the run seed, as in the capture stage)
+) -> tuple:
     """The probe blocks on which spliced losses are measured: the capture stage's site-importance blocks
     (`sdlms.ablation.importance_blocks` with `capture.importance_blocks_per_task` and the run's seed; 0: all).
     Returns `(ids_BT, task_B, block_ids)`."""
@@ -128,8 +158,17 @@ def loss_blocks(cache: ActivationCache, tasks, blocks_per_task: int = 0, seed: i
     return ids, tb, sel
 
 # %% ../nbs/18_sae_eval.ipynb #ce4917ce
-def site_baselines(model, site_module, cache: ActivationCache, tasks: list, batch_size: int = 16, blocks_per_task: int = 0,
-                   seed: int = 0, capture_record: dict | None = None, store=None) -> "pd.DataFrame":
+def site_baselines(
+    model, # the causal LM
+    site_module, # the site's down projection
+    cache: ActivationCache, # the site's probe activation cache
+    tasks: list, # task names
+    batch_size: int = 16, # blocks per forward pass
+    blocks_per_task: int = 0, # `capture.importance_blocks_per_task` (0: all blocks)
+    seed: int = 0, # the run seed
+    capture_record: dict | None = None, # the capture stage's `importance.json` (None: measure here)
+    store=None, # a `ResidualStore` to reuse
+) -> "pd.DataFrame":
     """Per-task probe losses of the clean model and with the site zeroed or set to its mean over the same tokens, on the
     `loss_blocks`: the references of loss recovered, i.e. the capture stage's site importance. `capture_record` (the
     capture stage's `importance.json`) is used when it measured this site on the same tokens; else they are measured
@@ -158,7 +197,10 @@ def site_baselines(model, site_module, cache: ActivationCache, tasks: list, batc
     return df
 
 # %% ../nbs/18_sae_eval.ipynb #1569f0ba
-def training_summary(r: dict, stream: "ActivationStream") -> dict:
+def training_summary(
+    r: dict, # `train_sae` summary
+    stream: "ActivationStream", # the stream it trained on
+) -> dict:
     "The training columns of `sae_metrics.csv` from a `train_sae` summary and its stream."
     return {"train_data": stream.meta.get("train_data", ""), "stream_seed": stream.meta.get("stream_seed"),
             "train_tokens": r["train_tokens"], "stream_tokens": r["stream_tokens"], "epochs": r["epochs"], "steps": r["steps"],
@@ -168,8 +210,19 @@ def training_summary(r: dict, stream: "ActivationStream") -> dict:
             "dead_train_min_density": 1.0 / r["dead_train_tokens"]}
 
 # %% ../nbs/18_sae_eval.ipynb #6935124a
-def probe_eval(sae, cache: ActivationCache, model, site_module, tasks: list, p: SAEParams, baselines, n_null: int = 20,
-               seed: int = 0, batch_size: int = 16, store=None) -> dict:
+def probe_eval(
+    sae, # the trained SAE (inference format)
+    cache: ActivationCache, # the site's probe activation cache
+    model, # the causal LM
+    site_module, # the site's down projection
+    tasks: list, # task names
+    p: SAEParams, # the grid point (`SAEParams`)
+    baselines, # `site_baselines` table
+    n_null: int = 20, # label shuffles for the feature SI null
+    seed: int = 0, # seed of the shuffles
+    batch_size: int = 16, # blocks per forward pass
+    store=None, # a `ResidualStore` to reuse
+) -> dict:
     """Evaluate a trained SAE on every probe token of `cache`: `row` (the evaluation columns of `sae_metrics.csv`),
     `features` (per-latent table), `losses` (per-task spliced losses), `recovered` (per-task loss recovered with notes),
     `rates_KD` (per-task firing rates). `baselines` comes from `site_baselines` (shared by the site's SAEs); the SAE is
@@ -213,15 +266,35 @@ def grid_columns(p: SAEParams, d_in: int) -> dict:
             "d_sae": d_sae, "d_over_k": d_sae / p.k}
 
 # %% ../nbs/18_sae_eval.ipynb #7edb694e
-def skipped_row(p: SAEParams, d_in: int, reason: str, n_inputs: int, n_tokens: int, info: dict | None = None) -> dict:
+def skipped_row(
+    p: SAEParams, # the grid point
+    d_in: int, # site width
+    reason: str, # `sdlms.sae.skip_reason`
+    n_inputs: int, # distinct activation vectors
+    n_tokens: int, # probe tokens
+    info: dict | None = None, # leading columns (model, layer, ...)
+) -> dict:
     "The `sae_metrics.csv` row of a grid point that was not trained, with the reason."
     return {**(info or {}), **grid_columns(p, d_in), "trained": False, "skip_reason": reason, "distinct_inputs": n_inputs,
             "eval_tokens": n_tokens}
 
 # %% ../nbs/18_sae_eval.ipynb #9c29b878
-def evaluate_sae(stream: ActivationStream, out_dir, p: SAEParams, cache: ActivationCache, model, site_module, tasks: list,
-                 baselines, n_null: int = 20, seed: int = 0, batch_size: int = 16, store=None, info: dict | None = None,
-                 n_inputs: int | None = None) -> dict:
+def evaluate_sae(
+    stream: ActivationStream, # the site's training stream
+    out_dir, # the site's SAE folder
+    p: SAEParams, # the grid point
+    cache: ActivationCache, # the site's probe activation cache
+    model, # the causal LM
+    site_module, # the site's down projection
+    tasks: list, # task names
+    baselines, # `site_baselines` table
+    n_null: int = 20, # label shuffles for the feature SI null
+    seed: int = 0, # seed of the shuffles
+    batch_size: int = 16, # blocks per forward pass
+    store=None, # a `ResidualStore` to reuse
+    info: dict | None = None, # leading columns of the row (model, layer, ...)
+    n_inputs: int | None = None, # distinct activation vectors at the site (recorded in the row)
+) -> dict:
     """Train one grid point (`train_sae` on `stream`, into `out_dir/<sae_name>`), evaluate it on the probe tokens of `cache`
     (`probe_eval`), write its `spliced_losses.csv`, `loss_recovered.csv` and `features.parquet`, and return its `name`,
     `sae_metrics.csv` `row` (led by `info`), per-task `rates_KD`, `features`, training `curves` and `train_s` / `eval_s`."""
@@ -243,7 +316,11 @@ def evaluate_sae(stream: ActivationStream, out_dir, p: SAEParams, cache: Activat
 
 # %% ../nbs/18_sae_eval.ipynb #0e516117
 @torch.no_grad()
-def dictionary_recovery(W_dec_FD: torch.Tensor, true_GD: torch.Tensor, cos_cut: float = 0.9) -> dict:
+def dictionary_recovery(
+    W_dec_FD: torch.Tensor, # decoder rows of the SAE
+    true_GD: torch.Tensor, # true feature directions
+    cos_cut: float = 0.9, # cosine above which a true feature counts as matched
+) -> dict:
     "MCC (Hungarian-matched mean |cos|) and share of true features with a decoder row above `cos_cut` cosine."
     from sae_lens.synthetic.evals import mean_correlation_coefficient
     a = torch.nn.functional.normalize(W_dec_FD.float(), dim=1); b = torch.nn.functional.normalize(true_GD.float(), dim=1)
@@ -252,8 +329,16 @@ def dictionary_recovery(W_dec_FD: torch.Tensor, true_GD: torch.Tensor, cos_cut: 
             "mean_best_cos": float(best.mean())}
 
 # %% ../nbs/18_sae_eval.ipynb #ae03ccea
-def ground_truth_check(work_dir, params: dict | None = None, n_features: int = 64, d_in: int = 32, firing_prob: float = 0.04,
-                       n_tokens: int = 163_840, seed: int = 0, progress: bool = False) -> dict:
+def ground_truth_check(
+    work_dir, # folder for the SAE run
+    params: dict | None = None, # SAE settings over the defaults below
+    n_features: int = 64, # true dictionary size
+    d_in: int = 32, # activation width
+    firing_prob: float = 0.04, # probability that a feature fires on a token
+    n_tokens: int = 163_840, # training tokens (one pass)
+    seed: int = 0, # seed of the data and the SAE
+    progress: bool = False, # show a progress bar
+) -> dict:
     """Train an SAE on synthetic activations with a known dictionary (one pass over `n_tokens` fresh tokens); recovery
     of the trained SAE and of a random-init one, held-out explained variance, and near-duplicate latents."""
     from sae_lens import SAE
