@@ -22,7 +22,12 @@ __all__ = ['site_activations', 'top_features_for_text', 'top_contexts', 'context
 
 # %% ../nbs/19_features.ipynb #3059e27e
 @torch.no_grad()
-def site_activations(model, tok, site_module, text: str) -> tuple:
+def site_activations(
+    model, # the causal LM
+    tok, # its tokenizer
+    site_module, # the site's down projection
+    text: str, # the text
+) -> tuple:
     "Token strings and the site's activations `(T, d)` for `text`."
     ids = tok(text, return_tensors="pt")["input_ids"]
     got = []
@@ -31,7 +36,14 @@ def site_activations(model, tok, site_module, text: str) -> tuple:
 
 # %% ../nbs/19_features.ipynb #7cffc59d
 @torch.no_grad()
-def top_features_for_text(model, tok, site_module, sae, text: str, n: int = 10):
+def top_features_for_text(
+    model, # the causal LM
+    tok, # its tokenizer
+    site_module, # the site's down projection
+    sae, # a SAELens SAE of the site
+    text: str, # the text
+    n: int = 10, # features returned
+):
     "The `n` features with the largest activation anywhere in `text`: feature, max activation, token where it peaks."
     import pandas as pd
     toks, a = site_activations(model, tok, site_module, text)
@@ -43,7 +55,13 @@ def top_features_for_text(model, tok, site_module, sae, text: str, n: int = 10):
 
 # %% ../nbs/19_features.ipynb #b4aeace6
 @torch.no_grad()
-def top_contexts(sae, cache: ActivationCache, rows=None, n: int = 5, batch: int = 4096) -> tuple:
+def top_contexts(
+    sae, # a SAELens SAE
+    cache: ActivationCache, # the site's probe activation cache
+    rows=None, # token rows to search (None: all)
+    n: int = 5, # contexts per latent
+    batch: int = 4096, # tokens per encoding batch
+) -> tuple:
     "For every latent, its `n` largest activations and their global token rows: `(values_FN, rows_FN)`."
     rows = np.arange(cache.n_tokens) if rows is None else np.sort(np.asarray(rows))
     best_v = torch.full((sae.cfg.d_sae, n), -float("inf")); best_r = torch.full((sae.cfg.d_sae, n), -1, dtype=torch.long)
@@ -58,7 +76,12 @@ def top_contexts(sae, cache: ActivationCache, rows=None, n: int = 5, batch: int 
     return best_v.numpy(), best_r.numpy()
 
 # %% ../nbs/19_features.ipynb #750bab25
-def context_html(tok, index, row: int, window: int = 10) -> str:
+def context_html(
+    tok, # the tokenizer
+    index, # a cache index (columns block, position, token_id) indexed by token row
+    row: int, # global token row of the context
+    window: int = 10, # tokens shown before the row
+) -> str:
     "HTML of the tokens around global token `row` of a cache index (same block), the token itself highlighted."
     r = index.loc[row]
     if index.index.is_monotonic_increasing:       # a token-ordered index: slice around the row, then keep its block
@@ -81,8 +104,16 @@ def _piece(tok, t: int) -> str:
     return _PIECES[key]
 
 # %% ../nbs/19_features.ipynb #2d8a9d70
-def feature_browser(out_file, feats, rates_KD, tasks, contexts: dict, title: str = "SAE features", max_features: int = 2000,
-                    tokens: int | None = None):
+def feature_browser(
+    out_file, # HTML file to write
+    feats, # per-feature table (feature, density, si, si_null, preferred_task, optional duplicate)
+    rates_KD, # per-task firing rates `(K, d_sae)`
+    tasks, # task names
+    contexts: dict, # feature -> list of HTML context snippets
+    title: str = "SAE features", # page title
+    max_features: int = 2000, # live features listed at most (densest first)
+    tokens: int | None = None, # probe tokens behind the densities and rates (shown on the page)
+):
     """Write the browser: `feats` DataFrame (feature, density, si, si_null, preferred_task, optional duplicate), `contexts[f]`
     = list of HTML snippets; `tokens`: how many probe tokens the densities and rates come from."""
     live = feats[feats.density > 0].sort_values("density", ascending=False).head(max_features)
@@ -117,7 +148,17 @@ the same tokens or has decoder cosine above the cut. Task bars (left to right): 
     return Path(out_file)
 
 # %% ../nbs/19_features.ipynb #c04158ad
-def write_feature_browser(out_file, sae, cache: ActivationCache, tok, feats, rates_KD, tasks: list, title: str, n_contexts: int = 5):
+def write_feature_browser(
+    out_file, # HTML file to write
+    sae, # a SAELens SAE
+    cache: ActivationCache, # the site's probe activation cache
+    tok, # the tokenizer
+    feats, # `probe_eval` feature table
+    rates_KD, # per-task firing rates `(K, d_sae)`
+    tasks: list, # task names
+    title: str, # page title
+    n_contexts: int = 5, # top contexts per feature
+):
     "The SAE stage's browser for one SAE: every live feature of `feats` with its top `n_contexts` probe contexts from `cache`."
     index = cache.index.set_index("token", drop=False)
     tv, tr = top_contexts(sae, cache, n=n_contexts)
@@ -126,7 +167,11 @@ def write_feature_browser(out_file, sae, cache: ActivationCache, tok, feats, rat
     return feature_browser(out_file, feats, rates_KD, tasks, contexts, title=title, tokens=cache.n_tokens)
 
 # %% ../nbs/19_features.ipynb #86a7826d
-def steer_fn(sae, edits: dict, mode: str = "scale"):
+def steer_fn(
+    sae, # a SAELens SAE of the site
+    edits: dict, # feature -> factor (mode scale) or value (mode set)
+    mode: str = "scale", # 'scale' or 'set'
+):
     "The activation map of a steering edit: `edits[feature] = factor` (mode 'scale') or value (mode 'set')."
     if mode not in ("scale", "set"): raise SdlmsError(f"steering mode must be 'scale' or 'set', not {mode!r}")
     bad = [f for f in edits if not 0 <= int(f) < sae.cfg.d_sae]
@@ -142,14 +187,24 @@ def steer_fn(sae, edits: dict, mode: str = "scale"):
 
 # %% ../nbs/19_features.ipynb #df78c2ec
 @contextmanager
-def steer(site_module, sae, edits: dict, mode: str = "scale"):
+def steer(
+    site_module, # the site's down projection
+    sae, # a SAELens SAE of the site
+    edits: dict, # feature -> factor or value
+    mode: str = "scale", # 'scale' or 'set'
+):
     "Context manager: forward passes inside it run with the features edited at `site_module`'s input."
     fn = steer_fn(sae, edits, mode)
     with site_hook(site_module, fn): yield fn
 
 # %% ../nbs/19_features.ipynb #bcd25ccc
 @torch.no_grad()
-def generate(model, tok, prompt: str, max_new_tokens: int = 20) -> str:
+def generate(
+    model, # the causal LM
+    tok, # its tokenizer
+    prompt: str, # the prompt
+    max_new_tokens: int = 20, # tokens to generate
+) -> str:
     "Greedy continuation of `prompt` (use inside `steer(...)` to see a steered model)."
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
@@ -157,14 +212,30 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 20) -> str:
     return tok.decode(out[0, ids.shape[1]:])
 
 # %% ../nbs/19_features.ipynb #4a8159bc
-def pick_steering_feature(feats, min_density: float = 0.005) -> int:
+def pick_steering_feature(
+    feats, # per-feature table (feature, density, si)
+    min_density: float = 0.005, # smallest firing density considered
+) -> int:
     "The steering demo's feature: the highest-SI live feature firing on at least `min_density` of the probe tokens (else the densest)."
     cand = feats[(feats.density >= min_density) & feats.si.notna()].sort_values(["si", "feature"], ascending=[False, True])
     return int(cand.feature.iloc[0]) if len(cand) else int(feats.feature[feats.density.idxmax()])
 
 # %% ../nbs/19_features.ipynb #2d390f87
-def steering_demo(model, tok, site_module, sae, feats, cache: ActivationCache, tasks: list, p, baselines, blocks_per_task: int = 0,
-                  seed: int = 0, batch_size: int = 16, store=None) -> dict:
+def steering_demo(
+    model, # the causal LM
+    tok, # its tokenizer
+    site_module, # the site's down projection
+    sae, # the SAE
+    feats, # `probe_eval` feature table
+    cache: ActivationCache, # the site's probe activation cache
+    tasks: list, # task names
+    p, # `SAEParams` (`steer_factor`, `steer_min_density`)
+    baselines, # `sdlms.sae_eval.site_baselines` table (clean losses)
+    blocks_per_task: int = 0, # blocks per task (as in loss recovered; 0: all)
+    seed: int = 0, # the run seed
+    batch_size: int = 16, # blocks per forward pass
+    store=None, # a `ResidualStore` to reuse
+) -> dict:
     """The SAE stage's steering demo: the most task-specialized live feature (`pick_steering_feature`) ablated (factor 0) and
     amplified (`p.steer_factor`) at the site, on loss recovered's blocks (`loss_blocks`). Returns the `feature`, its
     preferred `task`, a probe `prompt` of that task, the `amplify` label and per-task `losses` (clean from `baselines`,
