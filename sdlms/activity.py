@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from .core import SdlmsError
+from .config import spec_default
 
 # %% auto #0
 __all__ = ['ACTIVE_DEFS', 'unit_thresholds', 'ActivityStats', 'token_keys', 'collect_activity', 'cache_chunks',
@@ -33,12 +34,6 @@ def unit_thresholds(
     if active == "gt0": return np.zeros(x.shape[1], dtype=np.float32)
     if not 0 < q < 1: raise SdlmsError(f"q must be in (0, 1) for active='topq', got {q}")
     return np.quantile(x, 1 - q, axis=0).astype(np.float32)
-
-# %% ../nbs/11_activity.ipynb #472b6fb4
-def _spec_default(name):
-    """Default of a `SpecParams` field (the one home of settings that change results)."""
-    from sdlms.config import SpecParams
-    return getattr(SpecParams(), name)
 
 # %% ../nbs/11_activity.ipynb #075cd359
 def _unique(x):
@@ -211,7 +206,7 @@ def collect_activity(chunks, # iterable of (acts_NU, task_N, block_N); acts: num
     chunks; blocks may come in any order). The sample is the `pair_tokens` tokens with the smallest `token_keys`, so it
     does not depend on the order of the chunks.
     """
-    sparse_density = _spec_default("sparse_density") if sparse_density is None else sparse_density
+    sparse_density = spec_default("sparse_density") if sparse_density is None else sparse_density
     table = res = None
     n_tok = n_act = 0
     keep_csr, csr_idx, csr_len, csr_blk, csr_pos, sum_nnz2 = True, [], [], [], [], 0.0
@@ -288,7 +283,7 @@ def cache_chunks(cache, # activation cache of one site (an `index` table and `it
     (e.g. an SAE's `encode`); its output is passed on as a scipy CSR matrix when its density is below `sparse_density`
     (default `SpecParams.sparse_density`; only the representation changes, not the results)."""
     import scipy.sparse as sps
-    sparse_density = _spec_default("sparse_density") if sparse_density is None else sparse_density
+    sparse_density = spec_default("sparse_density") if sparse_density is None else sparse_density
     ix = cache.index.sort_values("token")
     tmap = {t: k for k, t in enumerate(tasks)}
     unknown = sorted(set(ix.task) - set(tmap))

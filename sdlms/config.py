@@ -13,8 +13,9 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'merge_overrides',
-           'RunParams', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
+__all__ = ['OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'spec_default',
+           'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params',
+           'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -94,6 +95,11 @@ class SpecParams:
     max_communities: int = F(8, (int,), "largest task-enriched communities ablated")
     n_controls: int = F(3, (int,), "random same-size unit sets per ablation (seeded)")
     ablation_blocks_per_task: int = F(8, (int,), "probe blocks per task on which ablation losses are measured")
+
+# %% ../nbs/02_config.ipynb #146dbbcb
+def spec_default(name: str):
+    "The default of `SpecParams` field `name`: library functions use it where their caller passes no value."
+    return getattr(SpecParams(), name)
 
 # %% ../nbs/02_config.ipynb #4e346edb
 OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "capture", "sae", "specialization")

@@ -12,8 +12,8 @@ import numpy as np
 
 from .core import SdlmsError
 from .metrics import shuffled_tasks, specialization_index, task_rates
-from .config import SpecParams
-from .activity import _spec_default, cache_chunks, check_task_tokens, collect_activity, unit_thresholds
+from .config import SpecParams, spec_default
+from .activity import cache_chunks, check_task_tokens, collect_activity, unit_thresholds
 from .cooccurrence import pair_tokens_for
 from .modularity import coactivation_modularity
 
@@ -66,10 +66,9 @@ def si_analysis(
         warnings.simplefilter("ignore", RuntimeWarning)
         null_mean_U = np.nanmean(null_si, 0) if n_null else np.full(len(si), np.nan)
         null_p99_U = np.nanpercentile(null_si, 99, axis=0) if n_null else np.full(len(si), np.nan)
-    boot_mean, boot_excess = [], []
+    boot_mean = []
     if n_boot:
         W = bootstrap_weights(task_B, n_boot, [seed, 10 ** 6])
-        null_layer = float(np.mean(null_means)) if n_null else 0.0
         for u0 in range(0, counts_BU.shape[1], chunk):       # units in chunks: (n_boot, K, chunk) float64 at a time
             r = task_rates(counts_BU[:, u0:u0 + chunk], tokens_B, task_B, K, W)            # (n_boot, K, n)
             s = specialization_index(r.transpose(1, 0, 2).reshape(K, -1)).reshape(n_boot, -1)
@@ -77,8 +76,7 @@ def si_analysis(
         bm = np.concatenate(boot_mean, 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            per_boot = np.nanmean(bm, 1)
-        boot_mean, boot_excess = per_boot, per_boot - null_layer
+            boot_mean = np.nanmean(bm, 1)
     stats = {"n_units": int(len(si)), "n_live": int(live.sum()), "tokens": int(tokens_B.sum()),
              "si_mean": float(np.nanmean(si)) if live.any() else np.nan,
              "si_median": float(np.nanmedian(si)) if live.any() else np.nan,
@@ -88,11 +86,16 @@ def si_analysis(
     for c in SI_CUTS:
         stats[f"frac_si_ge_{c}"] = float((si[live] >= c).mean()) if live.any() else np.nan
         stats[f"null_frac_si_ge_{c}"] = float(np.nanmean([(null_si[i, live] >= c).mean() for i in range(n_null)])) if n_null and live.any() else np.nan
-    if n_boot:   # basic (reverse-percentile) intervals: resampling blocks adds noise, and noise inflates SI
-        stats["si_mean_debiased"] = float(2 * stats["si_mean"] - np.nanmean(boot_mean))
-        for name, b in (("si_mean", boot_mean), ("si_excess", boot_excess)):
-            stats[f"{name}_lo"] = float(2 * stats[name] - np.nanpercentile(b, 97.5))
-            stats[f"{name}_hi"] = float(2 * stats[name] - np.nanpercentile(b, 2.5))
+    if n_boot:
+        # the mean: basic (reverse-percentile) interval, which also removes the upward bias that noise gives SI
+        # (resampling blocks adds the same noise once more)
+        b_lo, b_mid, b_hi = np.nanpercentile(boot_mean, 2.5), np.nanmean(boot_mean), np.nanpercentile(boot_mean, 97.5)
+        stats["si_mean_debiased"] = float(2 * stats["si_mean"] - b_mid)
+        stats["si_mean_lo"], stats["si_mean_hi"] = float(2 * stats["si_mean"] - b_hi), float(2 * stats["si_mean"] - b_lo)
+        # the excess over the null carries no such bias (the null's SI is inflated by the same noise), so its interval is
+        # the bootstrap's spread around it, not shifted by the correction: shifted, it excluded its own estimate
+        stats["si_excess_lo"] = float(stats["si_excess"] - (b_hi - b_mid))
+        stats["si_excess_hi"] = float(stats["si_excess"] + (b_mid - b_lo))
     pref = np.where(live, np.argmax(np.where(np.isnan(rates), -1, rates), 0), -1)
     return {"si_U": si, "si_null_U": null_mean_U, "si_null_p99_U": null_p99_U, "rates_KU": rates, "preferred_U": pref, "live_U": live,
             "density_U": counts_BU.sum(0) / max(tokens_B.sum(), 1), "stats": stats}
@@ -120,7 +123,7 @@ def community_enrichment(
     """Per community of at least `min_size` units: size, the members' mean rate per task over its mean over tasks
     (`enrich_<task>`, 1 = no preference), the most enriched task, its enrichment, and `enriched` (enrichment at least
     `min_enrichment`, default `SpecParams.min_enrichment`)."""
-    min_enrichment = _spec_default("min_enrichment") if min_enrichment is None else min_enrichment
+    min_enrichment = spec_default("min_enrichment") if min_enrichment is None else min_enrichment
     import pandas as pd
     labels_U = np.asarray(labels_U); rates = np.nan_to_num(np.asarray(rates_KU, dtype=np.float64))
     rows = []
