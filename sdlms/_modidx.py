@@ -183,6 +183,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'sdlms.kxd._points': ('kxd.html#_points', 'sdlms/kxd.py'),
                            'sdlms.kxd.kxd_comparison': ('kxd.html#kxd_comparison', 'sdlms/kxd.py'),
                            'sdlms.kxd.kxd_grid': ('kxd.html#kxd_grid', 'sdlms/kxd.py'),
+                           'sdlms.kxd.kxd_plot_frame': ('kxd.html#kxd_plot_frame', 'sdlms/kxd.py'),
                            'sdlms.kxd.kxd_summary': ('kxd.html#kxd_summary', 'sdlms/kxd.py'),
                            'sdlms.kxd.kxd_trends': ('kxd.html#kxd_trends', 'sdlms/kxd.py'),
                            'sdlms.kxd.match_seed_grid': ('kxd.html#match_seed_grid', 'sdlms/kxd.py'),

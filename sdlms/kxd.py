@@ -7,14 +7,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-
 
 from .core import SdlmsError, repo_root
 
 # %% auto #0
 __all__ = ['SEED_D_IN', 'KXD_METRICS', 'KXD_SEED_COL', 'KXD_TOL', 'KXD_TABLE_COLS', 'KXD_SHOW', 'KXD_TEXT', 'seed_kxd',
-           'kxd_grid', 'match_seed_grid', 'kxd_trends', 'kxd_comparison', 'kxd_summary']
+           'kxd_grid', 'match_seed_grid', 'kxd_trends', 'kxd_comparison', 'kxd_summary', 'kxd_plot_frame']
 
 # %% ../nbs/21_kxd.ipynb #9342f6f3
 SEED_D_IN = 2048   # input width of the seeds' site: LLaMA-3.2-1B (CODI) layer-14 hidden state at continuous-thought position 3
@@ -194,3 +194,19 @@ KXD_TEXT = ("Our SAEs on the seeds' K x d grid in proportion (K as the same shar
             "never active (seeds). Specialization rate: share of live features whose SI is above the 99th percentile of its "
             "label-shuffle null and at least the SI cut (ours); share of a window of the rarest live latents dominated by one "
             "GSM8K operation or number (seeds). Levels differ by definition and site; the verdicts compare directions.")
+
+# %% ../nbs/21_kxd.ipynb #aa4d4056
+def kxd_plot_frame(table: pd.DataFrame, # `kxd_comparison`'s table
+                   seeds: pd.DataFrame, # the seeds' table (`seed_kxd()`)
+                  ) -> pd.DataFrame:
+    "Long table for the K x d figure: one row per (SAE or seed row, metric) with K as a share of the input width and the dictionary ('larger d' / 'smaller d')."
+    big = seeds.d_sae.max()
+    cols = ["k_share", "value", "metric", "series", "dictionary", "k", "d_sae"]
+    parts = []
+    for m, name in KXD_METRICS.items():
+        if m in table:
+            parts.append(table.assign(value=table[m], metric=name, series=table.model + " L" + table.layer.astype(str),
+                                      dictionary=np.where(table.seed_d == big, "larger d", "smaller d"))[cols])
+        parts.append(seeds.assign(k_share=seeds.k / seeds.d_in, value=seeds[KXD_SEED_COL[m]], metric=name, series="seeds (d_in 2048)",
+                                  dictionary=np.where(seeds.d_sae == big, "larger d", "smaller d"))[cols])
+    return pd.concat(parts, ignore_index=True).dropna(subset=["value"]).sort_values("k_share")
