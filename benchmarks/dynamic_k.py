@@ -1,0 +1,141 @@
+"""Dynamic-k MLP execution at batch-1 decode: the fused sparse kernel (`sdlms.sparse_mlp.PackedMLP`) against dense torch.
+
+For each MLP shape, the MLP block (input -> output, biases included) of many layers is run one token at a time:
+dense `torch` fp32 (two `F.linear` and the activation, one thread) against the fused kernel at several keep
+fractions, with fresh random (sorted) neuron indices on every call. The calls cycle through enough layers that their
+weights are at least `--min-mb` per path (one fp32 layer of Pythia-410m shapes is 32 MB; reusing one layer would
+measure the cache, not memory). Ways alternate their order between rounds in one process; the best round of each
+is reported (a shared machine only slows a run down), and ratios are what to read.
+
+- shapes: `pythia410m` (GELU, d 1024, d_mlp 4096), `smollm2` (SwiGLU, d 576, d_mlp 1536); weights random at the
+  scale of `nn.Linear`'s init (timing does not depend on values);
+- kernels: fp32 weights, and bf16 weights widened in the kernel (half the bytes); the baseline is always dense fp32;
+- reported per shape and dtype: microseconds per call, speedup over dense at each keep, the ideal speedup for the
+  bytes read (1 / keep against the dense weights; 2 / keep for bf16), the fraction of the ideal reached, the kernel's
+  own scaling (its time at keep 1 over its time at keep k, times k) and its overhead at keep 1 (dense over kernel).
+
+    python benchmarks/dynamic_k.py            # writes benchmarks/results/dynamic_k.{json,md}
+    python benchmarks/dynamic_k.py --quick    # fewer rounds and layers
+"""
+import argparse, json, math, os, time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdlms.core import package_versions
+from sdlms.sparse_mlp import PackedMLP
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {"pythia410m": ("gelu", 1024, 4096), "smollm2": ("swiglu", 576, 1536)}
+KEEPS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.1)
+
+
+def layers_for(kind, d, d_mlp, n_layers, seed=0):
+    "Random weights of `n_layers` MLPs at `nn.Linear`'s init scale: dense torch tensors and the packed fp32 / bf16 copies."
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *shape, fan_in: (torch.rand(*shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
+    dense, packed = [], {"float32": [], "bfloat16": []}
+    for _ in range(n_layers):
+        if kind == "gelu":
+            w = dict(W_in=u(d_mlp, d, fan_in=d), b_in=u(d_mlp, fan_in=d), W_out=u(d, d_mlp, fan_in=d_mlp), b_out=u(d, fan_in=d_mlp))
+            for dt in packed: packed[dt].append(PackedMLP.gelu(w["W_in"].numpy(), w["b_in"].numpy(), w["W_out"].numpy(), w["b_out"].numpy(), dt))
+        else:
+            w = dict(W_gate=u(d_mlp, d, fan_in=d), W_up=u(d_mlp, d, fan_in=d), W_down=u(d, d_mlp, fan_in=d_mlp))
+            for dt in packed: packed[dt].append(PackedMLP.swiglu(w["W_gate"].numpy(), w["W_up"].numpy(), w["W_down"].numpy(), dt))
+        dense.append(w)
+    return dense, packed
+
+
+def dense_mlp(kind, w, x):
+    "The dense torch MLP block for one token `x (1, d)`."
+    if kind == "gelu": return F.linear(F.gelu(F.linear(x, w["W_in"], w["b_in"])), w["W_out"], w["b_out"])
+    return F.linear(F.silu(F.linear(x, w["W_gate"])) * F.linear(x, w["W_up"]), w["W_down"])
+
+
+def bench_shape(name, rounds, min_mb, calls_per_layer, seed=0):
+    kind, d, d_mlp = SHAPES[name]
+    dense_mb = (2 if kind == "gelu" else 3) * d * d_mlp * 4 / 2 ** 20
+    n_layers = max(8, math.ceil(min_mb / dense_mb))
+    dense, packed = layers_for(kind, d, d_mlp, n_layers, seed)
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal(d).astype(np.float32) for _ in range(n_layers)]
+    xt = [torch.from_numpy(x)[None] for x in xs]
+    n_calls = n_layers * calls_per_layer
+    idx = {k: [np.sort(rng.choice(d_mlp, max(1, round(k * d_mlp)), replace=False)) for _ in range(n_calls)] for k in KEEPS}
+    # correctness: keep 1.0 equals dense, and a random half equals the masked dense MLP
+    with torch.no_grad():
+        ref = dense_mlp(kind, dense[0], xt[0])[0].numpy()
+    for dt, tol in (("float32", 1e-4), ("bfloat16", 3e-2)):
+        got = packed[dt][0](xs[0])
+        assert np.allclose(got, ref, atol=tol * np.abs(ref).max()), (name, dt, np.abs(got - ref).max())
+
+    def run_dense():
+        with torch.no_grad():
+            for c in range(n_calls): dense_mlp(kind, dense[c % n_layers], xt[c % n_layers])
+
+    def run_sparse(dt, k):
+        P = packed[dt]; ix = idx[k]
+        def f():
+            for c in range(n_calls): P[c % n_layers](xs[c % n_layers], ix[c])
+        return f
+
+    ways = {"dense_fp32": run_dense, **{f"{dt}_keep{k:g}": run_sparse(dt, k) for dt in ("float32", "bfloat16") for k in KEEPS}}
+    for f in ways.values(): f()                                    # warm up: compile, fault the pages in
+    times = {w: [] for w in ways}
+    for r in range(rounds):
+        for w in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+            t = time.perf_counter(); ways[w](); times[w].append((time.perf_counter() - t) / n_calls * 1e6)
+    best = {w: min(v) for w, v in times.items()}
+    rows = []
+    for dt in ("float32", "bfloat16"):
+        t1 = best[f"{dt}_keep1"]
+        for k in KEEPS:
+            t = best[f"{dt}_keep{k:g}"]
+            ideal = (1 if dt == "float32" else 2) / k
+            rows.append({"shape": name, "mlp": kind, "d": d, "d_mlp": d_mlp, "dtype": dt, "keep": k, "us_per_call": round(t, 1),
+                         "dense_fp32_us": round(best["dense_fp32"], 1), "speedup": round(best["dense_fp32"] / t, 3),
+                         "ideal_speedup": round(ideal, 3), "fraction_of_ideal": round(best["dense_fp32"] / t / ideal, 3),
+                         "kernel_scaling": round(t1 / t * k, 3)})
+    return {"shape": name, "mlp": kind, "d": d, "d_mlp": d_mlp, "layers_cycled": n_layers, "mb_per_path_fp32": round(n_layers * dense_mb),
+            "calls_per_round": n_calls, "rounds": rounds, "us_per_call_all_rounds": {w: [round(v, 1) for v in ts] for w, ts in times.items()},
+            "rows": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 rounds, 4 calls per layer, 256 MB per path")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-mb", type=float, default=640, help="weights cycled per path (MB, fp32), above the last-level cache")
+    ap.add_argument("--calls-per-layer", type=int, default=8)
+    a = ap.parse_args()
+    if a.quick: a.rounds, a.min_mb, a.calls_per_layer = 2, 256, 4
+    torch.set_num_threads(1)
+    out = {"what": __doc__.split("\n")[0], "threads": torch.get_num_threads(), "versions": package_versions(), "shapes": {}}
+    for name in SHAPES:
+        t0 = time.perf_counter()
+        out["shapes"][name] = bench_shape(name, a.rounds, a.min_mb, a.calls_per_layer)
+        print(f"{name}: {time.perf_counter() - t0:.0f} s")
+    rows = [r for s in out["shapes"].values() for r in s["rows"]]
+    get = lambda shape, dt, k, key="speedup": next(r[key] for r in rows if r["shape"] == shape and r["dtype"] == dt and r["keep"] == k)
+    out.update({"mlp_speedup_50": get("pythia410m", "float32", 0.5), "mlp_speedup_30": get("pythia410m", "float32", 0.3),
+                "mlp_speedup_50_smollm2_swiglu": get("smollm2", "float32", 0.5),
+                "mlp_speedup_50_bf16": get("pythia410m", "bfloat16", 0.5), "mlp_speedup_50_smollm2_bf16": get("smollm2", "bfloat16", 0.5),
+                "kernel_scaling_50": get("pythia410m", "float32", 0.5, "kernel_scaling"),
+                "kernel_keep1_over_dense": get("pythia410m", "float32", 1.0)})
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "dynamic_k.json").write_text(json.dumps(out, indent=1))
+    lines = ["| shape | dtype | keep | us/call | dense fp32 us | speedup | ideal | fraction of ideal | kernel scaling |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['shape']} ({r['mlp']}) | {r['dtype']} | {r['keep']:g} | {r['us_per_call']} | {r['dense_fp32_us']} | {r['speedup']:.2f}x | "
+              f"{r['ideal_speedup']:.2f}x | {r['fraction_of_ideal']:.2f} | {r['kernel_scaling']:.2f} |" for r in rows]
+    md = ("# Dynamic-k MLP block at batch 1: fused sparse kernel vs dense torch fp32 (one thread)\n\n"
+          + "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in out.items() if k.startswith(("mlp_", "kernel_"))) + "\n")
+    (HERE / "results" / "dynamic_k.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
