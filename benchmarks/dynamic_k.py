@@ -104,14 +104,64 @@ def bench_shape(name, rounds, min_mb, calls_per_layer, seed=0):
             "rows": rows}
 
 
+PYTHIA_410M = dict(vocab_size=50304, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                   rotary_pct=0.25, max_position_embeddings=2048, use_parallel_residual=True, hidden_act="gelu",
+                   tie_word_embeddings=False)   # Pythia-410m's architecture (its config.json), random init
+
+
+def decode(model, ids, n_new):
+    "Greedy decode `n_new` tokens after the prompt `ids` with a KV cache; returns (seconds for the new tokens, tokens)."
+    with torch.no_grad():
+        o = model(input_ids=torch.tensor([ids]), use_cache=True)
+        past, nxt, out = o.past_key_values, o.logits[0, -1].argmax(), []
+        t = time.perf_counter()
+        for _ in range(n_new):
+            out.append(int(nxt))
+            o = model(input_ids=nxt[None, None], past_key_values=past, use_cache=True)
+            past, nxt = o.past_key_values, o.logits[0, -1].argmax()
+        return time.perf_counter() - t, out
+
+
+def bench_e2e(name, model, rounds, n_new, keeps=(0.5, 0.3), rank=64, seed=0):
+    """Decode tokens/s of `model`: dense torch, the swapped kernels keeping every neuron, and a rank-`rank` predictor
+    choosing `keep` of the neurons per token (its cost included: the predictor's matmuls and the top-k)."""
+    from sdlms.sparse_mlp import LowRankSelector, SparseMLPs
+    from sdlms.sites import decoder_layers
+    cfg = model.config; d, d_mlp, L = cfg.hidden_size, cfg.intermediate_size, len(decoder_layers(model))
+    ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, 16).tolist()
+    packed = SparseMLPs(model).packed
+    sels = {k: LowRankSelector.random(L, d, d_mlp, rank, k, seed) for k in keeps}
+    ways = {"dense": lambda: decode(model, ids, n_new)}
+    def swapped(select):
+        def f():
+            with SparseMLPs(model, select, packed=packed) as sw: r = decode(model, ids, n_new)
+            assert sw.calls["sparse"] == n_new * L, sw.calls
+            return r
+        return f
+    ways["kernel_keep1"] = swapped(None)
+    for k, s in sels.items(): ways[f"predictor_keep{k:g}"] = swapped(s)
+    for f in ways.values(): f()                                    # warm up
+    times = {w: [] for w in ways}
+    for r in range(rounds):
+        for w in (list(ways) if r % 2 == 0 else list(ways)[::-1]): times[w].append(ways[w]()[0])
+    best = {w: min(v) for w, v in times.items()}
+    tok_s = {w: round(n_new / t, 2) for w, t in best.items()}
+    return {"model": name, "layers": L, "d": d, "d_mlp": d_mlp, "new_tokens": n_new, "predictor_rank": rank, "rounds": rounds,
+            "tokens_per_s": tok_s, "speedup": {w: round(best["dense"] / t, 3) for w, t in best.items()},
+            "seconds_all_rounds": {w: [round(x, 3) for x in v] for w, v in times.items()},
+            "note": "prefill dense; every decode step's MLPs through the kernel; attention, embeddings and the LM head dense"}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 rounds, 4 calls per layer, 256 MB per path")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-mb", type=float, default=640, help="weights cycled per path (MB, fp32), above the last-level cache")
     ap.add_argument("--calls-per-layer", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=24, help="decoded tokens per end-to-end measurement")
+    ap.add_argument("--skip-e2e", action="store_true", help="MLP blocks only")
     a = ap.parse_args()
-    if a.quick: a.rounds, a.min_mb, a.calls_per_layer = 2, 256, 4
+    if a.quick: a.rounds, a.min_mb, a.calls_per_layer, a.new_tokens = 2, 256, 4, 8
     torch.set_num_threads(1)
     out = {"what": __doc__.split("\n")[0], "threads": torch.get_num_threads(), "versions": package_versions(), "shapes": {}}
     for name in SHAPES:
@@ -125,6 +175,22 @@ def main():
                 "mlp_speedup_50_bf16": get("pythia410m", "bfloat16", 0.5), "mlp_speedup_50_smollm2_bf16": get("smollm2", "bfloat16", 0.5),
                 "kernel_scaling_50": get("pythia410m", "float32", 0.5, "kernel_scaling"),
                 "kernel_keep1_over_dense": get("pythia410m", "float32", 1.0)})
+    if not a.skip_e2e:
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        m = GPTNeoXForCausalLM(GPTNeoXConfig(**PYTHIA_410M)).eval()
+        out["e2e"] = {"pythia410m": bench_e2e("pythia-410m architecture (random init)", m, a.rounds, a.new_tokens)}
+        del m
+        print(f"e2e pythia410m: {time.perf_counter() - t0:.0f} s")
+        try:
+            from sdlms.models import load_model
+            m = load_model("smollm2-135m")[0].float().eval()
+            out["e2e"]["smollm2"] = bench_e2e("smollm2-135m (packaged weights)", m, a.rounds, a.new_tokens)
+        except Exception as e:        # the packaged model is optional here
+            out["e2e"]["smollm2"] = {"skipped": f"{type(e).__name__}: {e}"}
+        out["e2e_speedup_50"] = out["e2e"]["pythia410m"]["speedup"]["predictor_keep0.5"]
+        out["e2e_speedup_30"] = out["e2e"]["pythia410m"]["speedup"]["predictor_keep0.3"]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "dynamic_k.json").write_text(json.dumps(out, indent=1))
     lines = ["| shape | dtype | keep | us/call | dense fp32 us | speedup | ideal | fraction of ideal | kernel scaling |",
@@ -132,7 +198,12 @@ def main():
     lines += [f"| {r['shape']} ({r['mlp']}) | {r['dtype']} | {r['keep']:g} | {r['us_per_call']} | {r['dense_fp32_us']} | {r['speedup']:.2f}x | "
               f"{r['ideal_speedup']:.2f}x | {r['fraction_of_ideal']:.2f} | {r['kernel_scaling']:.2f} |" for r in rows]
     md = ("# Dynamic-k MLP block at batch 1: fused sparse kernel vs dense torch fp32 (one thread)\n\n"
-          + "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in out.items() if k.startswith(("mlp_", "kernel_"))) + "\n")
+          + "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in out.items() if k.startswith(("mlp_", "kernel_", "e2e_"))) + "\n")
+    for k, e in out.get("e2e", {}).items():
+        if "tokens_per_s" in e:
+            md += (f"\nEnd-to-end greedy decode, {e['model']} ({e['new_tokens']} new tokens, batch 1; predictor rank {e['predictor_rank']}, "
+                   f"its cost included): " + ", ".join(f"{w} {v} tok/s ({e['speedup'][w]:.2f}x)" for w, v in e["tokens_per_s"].items()) + "\n")
+        else: md += f"\nEnd-to-end {k}: {e['skipped']}\n"
     (HERE / "results" / "dynamic_k.md").write_text(md)
     print(md)
 
