@@ -57,6 +57,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'sdlms.capture.write_array_cache': ('capture.html#write_array_cache', 'sdlms/capture.py')},
             'sdlms.cli': {'sdlms.cli._parser': ('cli.html#_parser', 'sdlms/cli.py'), 'sdlms.cli.main': ('cli.html#main', 'sdlms/cli.py')},
             'sdlms.config': { 'sdlms.config.CaptureConfig': ('config.html#captureconfig', 'sdlms/config.py'),
+                              'sdlms.config.DynamicKParams': ('config.html#dynamickparams', 'sdlms/config.py'),
                               'sdlms.config.F': ('config.html#f', 'sdlms/config.py'),
                               'sdlms.config.RunParams': ('config.html#runparams', 'sdlms/config.py'),
                               'sdlms.config.RunParams.for_model': ('config.html#runparams.for_model', 'sdlms/config.py'),

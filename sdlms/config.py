@@ -13,9 +13,9 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'spec_default',
-           'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params',
-           'dict_size']
+__all__ = ['DK_METHODS', 'OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams',
+           'DynamicKParams', 'spec_default', 'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid',
+           'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -96,13 +96,30 @@ class SpecParams:
     n_controls: int = F(3, (int,), "random same-size unit sets per ablation (seeded)")
     ablation_blocks_per_task: int = F(8, (int,), "probe blocks per task on which ablation losses are measured")
 
+# %% ../nbs/02_config.ipynb #ed190860
+DK_METHODS = ("oracle", "threshold", "predictor")   # the dynamic-k selection methods (`sdlms.dynamic_k`)
+
+@dataclass
+class DynamicKParams:
+    "Dynamic-k stage settings (per model): which MLP neurons each method keeps per token, and the decode quality it costs."
+    enabled: bool = F(False, (bool,), "run the dynamic-k stage")
+    methods: list = F(list(DK_METHODS), (list,), "selection methods: 'oracle' (top |h| per token; reads every weight: the "
+                      "quality ceiling), 'threshold' (calibrated |h| quantile, |silu(gate)| for SwiGLU), 'predictor' (low-rank, fitted to |h|)")
+    keeps: list = F([1.0, 0.7, 0.5, 0.4, 0.3, 0.1], (list,), "target shares of MLP neurons kept per token, each in (0, 1]")
+    seeds: int = F(3, (int,), "repeats, each with its own calibration tokens and evaluation blocks (mean and sd)")
+    calib_tokens: int = F(4096, (int,), "calibration tokens per seed (MLP inputs), from probe blocks not evaluated")
+    eval_blocks_per_task: int = F(2, (int,), "probe blocks per task decoded per seed (dense prefill of half, the rest one token at a time)")
+    predictor_rank: int = F(64, (int,), "rank of the low-rank predictor")
+    predictor_ridge: float = F(1e-3, (int, float), "ridge penalty of the predictor's fit (times the calibration tokens)")
+
 # %% ../nbs/02_config.ipynb #146dbbcb
 def spec_default(name: str):
     "The default of `SpecParams` field `name`: library functions use it where their caller passes no value."
     return getattr(SpecParams(), name)
 
 # %% ../nbs/02_config.ipynb #4e346edb
-OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "capture", "sae", "specialization")
+OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "capture", "sae", "specialization",
+                 "dynamic_k")
 
 def merge_overrides(d: dict, # the run params as plain data (`asdict`)
             o: dict, # one model's overrides
@@ -136,6 +153,7 @@ class RunParams:
     suite: SuiteParams = field(default_factory=SuiteParams, metadata={"help": "offline micro-suite settings"})
     capture: CaptureConfig = field(default_factory=CaptureConfig, metadata={"help": "capture + sparsity stage settings"})
     specialization: SpecParams = field(default_factory=SpecParams, metadata={"help": "specialization (SI), modularity (Q) and ablation stage settings"})
+    dynamic_k: DynamicKParams = field(default_factory=DynamicKParams, metadata={"help": "dynamic-k stage settings: selection methods, keeps, quality protocol"})
     overrides: dict = F({}, (dict,), "per-model settings, {model: {key: value}}: a model of `models` gets its own " +
                         ", ".join(OVERRIDE_KEYS) + " (capture, sae and specialization merged key by key over the run's)")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, repo_root
-from .config import OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
+from .config import DK_METHODS, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
 from .data import load_manifest
 from .models import SIZES, model_name
 
@@ -119,6 +119,16 @@ def validate(p: RunParams, # the params built by `build_section`
         if p.tokens_per_task < spec.min_task_tokens:
             errors.append(f"tokens_per_task ({p.tokens_per_task}) is below specialization.min_task_tokens ({spec.min_task_tokens}): "
                           "per-task rates would be noise; raise tokens_per_task")
+    dk = p.dynamic_k
+    if dk.enabled:
+        bad = [m for m in dk.methods if m not in DK_METHODS]
+        if bad or not dk.methods: errors.append(f"dynamic_k.methods: {bad or 'none given'}; choose from {list(DK_METHODS)}")
+        if not dk.keeps or any(not isinstance(k, (int, float)) or not 0 < k <= 1 for k in dk.keeps):
+            errors.append(f"dynamic_k.keeps: each keep must be a number in (0, 1], got {dk.keeps}")
+        for k in ("seeds", "eval_blocks_per_task", "predictor_rank"):
+            if getattr(dk, k) < 1: errors.append(f"dynamic_k.{k}: must be >= 1, got {getattr(dk, k)}")
+        if dk.calib_tokens < 64: errors.append(f"dynamic_k.calib_tokens: must be >= 64, got {dk.calib_tokens}")
+        if dk.predictor_ridge < 0: errors.append(f"dynamic_k.predictor_ridge: must be >= 0, got {dk.predictor_ridge}")
     s = p.suite
     for k in ("train_tokens", "seq_len", "batch_size", "vocab_size", "tokenizer_chars"):
         if getattr(s, k) < 1: errors.append(f"suite.{k}: must be >= 1, got {getattr(s, k)}")
