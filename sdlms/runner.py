@@ -39,6 +39,7 @@ STAGES = [Stage("suite", "00_suite.ipynb", "run"),
           Stage("capture", "10_capture.ipynb", "model"),
           Stage("sae", "20_sae.ipynb", "site"),
           Stage("specialization", "30_specialization.ipynb", "site"),
+          Stage("dynamic_k", "40_dynamic_k.ipynb", "model"),
           Stage("scaling", "90_scaling.ipynb", "run"),
           Stage("sae_summary", "91_sae_summary.ipynb", "run")]
 
@@ -88,6 +89,9 @@ def plan(p: RunParams, # the run's validated params
                     deps = [f"capture/{slug(m)}"]
                     if s.key == "specialization" and p.for_model(m).sae: deps.append(f"sae/{slug(m)}/L{l}")
                     jobs.append(Job(s, m, f"{s.key}/{slug(m)}/L{l}", {"layer": l}, tuple(deps)))
+        elif s.key == "dynamic_k":
+            jobs += [Job(s, m, f"dynamic_k/{slug(m)}", {}, ("suite",) if has_suite and m.startswith("micro-") else ())
+                     for m in p.models if p.for_model(m).dynamic_k.enabled]
         elif s.key == "scaling":
             jobs.append(Job(s, None, s.key, {}, tuple(j.rel for j in jobs if j.stage.key in ("capture", "specialization"))))
         elif s.key == "sae_summary" and any(p.for_model(m).sae for m in p.models):

@@ -19,7 +19,7 @@ quiet = dict(progress=False, log=lambda *a: None)
 def test_smoke_run_outputs(smoke_run):
     st = run_status(smoke_run)
     assert st["status"] == "complete" and st["stages"] == ["suite", "capture/micro-tiny", "specialization/micro-tiny/L0",
-                                                           "specialization/micro-tiny/L1", "scaling"]
+                                                           "specialization/micro-tiny/L1", "dynamic_k/micro-tiny", "scaling"]
     meta = read_jsonl(smoke_run / "meta.jsonl")
     done = [m["stage"] for m in meta if m.get("event") == "stage"]
     assert sorted(s for s in done if not s.startswith("train/")) == sorted(st["stages"])    # every planned stage ran once
@@ -54,6 +54,21 @@ def test_smoke_run_outputs(smoke_run):
         assert (smoke_run / f).exists(), f
 
 
+def test_dynamic_k_stage(smoke_run):
+    "The smoke run's dynamic-k stage: the kernel keeping every neuron reproduces the dense model; every method at every keep."
+    df = pd.read_csv(smoke_run / "dynamic_k/micro-tiny/dynamic_k.csv")
+    assert set(df.method) == {"all", "oracle", "threshold", "predictor"} and set(df.keep) == {1.0, 0.5, 0.3} and set(df.seed) == {0, 1}
+    ex = df[df.method == "all"]
+    assert (ex.kl < 1e-6).all() and (ex.top1 == 1).all() and ((ex.ppl_sparse - ex.ppl_dense).abs() < 0.01).all()
+    s = pd.read_csv(smoke_run / "dynamic_k/micro-tiny/dynamic_k_summary.csv").set_index(["method", "keep"])
+    for m in ("oracle", "threshold", "predictor"):
+        assert s.kl[(m, 0.3)] > s.kl[(m, 0.5)] > 0, m                      # less kept, more damage
+        assert abs(s.keep_realised[(m, 0.5)] - 0.5) < 0.05, m
+    assert (smoke_run / "dynamic_k/micro-tiny/dk_frontier.html").exists()
+    meta = json.loads((smoke_run / "dynamic_k/micro-tiny/meta.json").read_text())
+    assert meta["keep1_max_kl"] < 1e-6
+
+
 def test_report_site_and_quarto_config(smoke_run):
     from sdlms.report import check_quarto_project
     assert check_quarto_project(smoke_run) == []
@@ -80,7 +95,7 @@ def test_same_seed_gives_identical_results(smoke_run):
     again = run(SMOKE, **quiet)
     assert again != smoke_run
     for f in ["sparsity.csv", "si_modularity.csv", "ablation.csv",
-              "specialization/micro-tiny/L1/communities.csv", "specialization/micro-tiny/L0/units.parquet"]:
+              "specialization/micro-tiny/L1/communities.csv", "specialization/micro-tiny/L0/units.parquet", "dynamic_k/micro-tiny/dynamic_k.csv"]:
         assert (again / f).read_bytes() == (smoke_run / f).read_bytes(), f
     m1 = json.loads((smoke_run / "capture/micro-tiny/cache/L0/manifest.json").read_text())
     m2 = json.loads((again / "capture/micro-tiny/cache/L0/manifest.json").read_text())
