@@ -126,10 +126,8 @@ def merge_overrides(d: dict, # the run params as plain data (`asdict`)
            ) -> dict:
     "Plain params `d` with one model's overrides `o` merged in (sections key by key); no overrides left in the result."
     d = copy.deepcopy(d); d["overrides"] = {}
-    for k, v in o.items():
-        if k in ("capture", "specialization") and isinstance(v, dict): d[k] = {**d[k], **v}
-        elif k == "sae" and isinstance(v, dict) and d.get("sae"): d[k] = {**d["sae"], **v}
-        else: d[k] = copy.deepcopy(v)
+    for k, v in o.items():    # a section (a dict in the run's params: capture, specialization, dynamic_k, sae when set) merges key by key
+        d[k] = {**d[k], **copy.deepcopy(v)} if isinstance(v, dict) and isinstance(d.get(k), dict) else copy.deepcopy(v)
     return d
 
 # %% ../nbs/02_config.ipynb #40b760dd
