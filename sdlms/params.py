@@ -17,7 +17,7 @@ from .data import load_manifest
 from .models import SIZES, model_name
 
 # %% auto #0
-__all__ = ['model_facts', 'check_models', 'validate', 'parse_params', 'load_params', 'params_dict']
+__all__ = ['DK_MODEL_TYPES', 'model_facts', 'check_models', 'validate', 'parse_params', 'load_params', 'params_dict']
 
 # %% ../nbs/05_params.ipynb #9f03ac8e
 def model_facts(model: str, # micro-suite name, packaged model, local folder or hub id
@@ -67,6 +67,8 @@ def _check_model(m: str, # the model spec
     return f
 
 # %% ../nbs/05_params.ipynb #9435f7f3
+DK_MODEL_TYPES = ("gpt_neox", "llama")   # MLP layouts `sdlms.sparse_mlp` runs sparse
+
 def check_models(p: RunParams, # validated params
                 ) -> dict:
     """Resolve every model's architecture before any compute or run folder (hub ids too) and check the layers,
@@ -75,6 +77,9 @@ def check_models(p: RunParams, # validated params
     for m in p.models:
         f = _check_model(m, p.for_model(m), errors, hub=True)
         if f is not None: out[m] = f
+        if f is not None and p.for_model(m).dynamic_k.enabled and f["model_type"] not in DK_MODEL_TYPES:
+            errors.append(f"dynamic_k: {m} ({f['model_type']}) has no sparse MLP kernel (GPT-NeoX GELU and Llama SwiGLU MLPs have); "
+                          f"set dynamic_k.enabled: false for it under overrides")
     if errors:
         raise SdlmsError("the params do not fit the models:\n" + "\n".join(f"  - {e}" for e in dict.fromkeys(errors)))
     return out

@@ -76,8 +76,10 @@ def test_report_site_and_quarto_config(smoke_run):
     assert cfg["project"]["type"] == "website" and cfg["execute"]["enabled"] is False
     assert set(cfg["project"]["render"]) == {"index.qmd", "suite/00_suite.ipynb", "capture/micro-tiny/10_capture.ipynb",
                                              "specialization/micro-tiny/L0/30_specialization.ipynb",
-                                             "specialization/micro-tiny/L1/30_specialization.ipynb", "scaling/90_scaling.ipynb"}
+                                             "specialization/micro-tiny/L1/30_specialization.ipynb", "scaling/90_scaling.ipynb",
+                                             "dynamic_k/micro-tiny/40_dynamic_k.ipynb"}
     assert "{{< embed scaling/90_scaling.ipynb#fig-as-size >}}" in (smoke_run / "index.qmd").read_text()
+    assert "{{< embed dynamic_k/micro-tiny/40_dynamic_k.ipynb#fig-dk-frontier >}}" in (smoke_run / "index.qmd").read_text()
     yaml.safe_load((ROOT / "_quarto.yml").read_text())
     for rel in cfg["project"]["render"][1:]:
         nb = json.loads((smoke_run / rel).read_text())
@@ -152,7 +154,11 @@ def test_failed_stage_leaves_no_complete_looking_artifact(tiny_models, tmp_path)
 def test_local_gpt2_and_llama_models_run_through_the_capture_stage(tiny_models):
     p = yaml.safe_load(open(SMOKE))
     p.update(name="local", models=[str(tiny_models["gpt2"]), str(tiny_models["llama"])], layers=[0.5])
+    with pytest.raises(SdlmsError, match=r"dynamic_k: .*gpt2.* has no sparse MLP kernel"):   # refused before any work
+        run(p, report=False, **quiet)
+    p["overrides"] = {str(tiny_models["gpt2"]): {"dynamic_k": {"enabled": False}}}
     d = run(p, report=False, **quiet)
+    assert len([x for x in (d / "dynamic_k").iterdir() if x.is_dir()]) == 1      # the Llama model's dynamic-k stage only
     df = pd.read_csv(d / "sparsity.csv")
     assert sorted(df.site) == ["model.layers.1.mlp.down_proj", "transformer.h.1.mlp.c_proj"]
     assert not (d / "suite").exists()                    # no micro models: no suite stage
