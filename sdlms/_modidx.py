@@ -155,7 +155,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'sdlms.dynamic_k.fit_predictor': ('dynamic_k.html#fit_predictor', 'sdlms/dynamic_k.py'),
                                  'sdlms.dynamic_k.frontier': ('dynamic_k.html#frontier', 'sdlms/dynamic_k.py'),
                                  'sdlms.dynamic_k.frontier_summary': ('dynamic_k.html#frontier_summary', 'sdlms/dynamic_k.py'),
-                                 'sdlms.dynamic_k.layer_hidden': ('dynamic_k.html#layer_hidden', 'sdlms/dynamic_k.py'),
                                  'sdlms.dynamic_k.layer_scores': ('dynamic_k.html#layer_scores', 'sdlms/dynamic_k.py'),
                                  'sdlms.dynamic_k.mlp_inputs': ('dynamic_k.html#mlp_inputs', 'sdlms/dynamic_k.py'),
                                  'sdlms.dynamic_k.selection_recall': ('dynamic_k.html#selection_recall', 'sdlms/dynamic_k.py')},
