@@ -10,6 +10,9 @@ is reported (a shared machine only slows a run down), and ratios are what to rea
 - shapes: `pythia410m` (GELU, d 1024, d_mlp 4096), `smollm2` (SwiGLU, d 576, d_mlp 1536); weights random at the
   scale of `nn.Linear`'s init (timing does not depend on values);
 - kernels: fp32 weights, and bf16 weights widened in the kernel (half the bytes); the baseline is always dense fp32;
+- methods: `neuron` (the neuron-major kernel on a random sorted neuron set: oracle, thresholds, predictor and static
+  sets all run it) and `teal` (`sdlms.sparse_mlp.TealMLP`: input channels of the up/gate projections and rows of the
+  down projection skipped below thresholds set per call at the `1 - keep` quantiles of that call's fresh |x| and |h|);
 - reported per shape and dtype: microseconds per call, speedup over dense at each keep, the ideal speedup for the
   bytes read (1 / keep against the dense weights; 2 / keep for bf16), the fraction of the ideal reached, the kernel's
   own scaling (its time at keep 1 over its time at keep k, times k) and its overhead at keep 1 (dense over kernel).
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from sdlms.core import package_versions
-from sdlms.sparse_mlp import PackedMLP
+from sdlms.sparse_mlp import PackedMLP, TealMLP
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {"pythia410m": ("gelu", 1024, 4096), "smollm2": ("swiglu", 576, 1536)}
@@ -65,6 +68,14 @@ def bench_shape(name, rounds, min_mb, calls_per_layer, seed=0):
     xt = [torch.from_numpy(x)[None] for x in xs]
     n_calls = n_layers * calls_per_layer
     idx = {k: [np.sort(rng.choice(d_mlp, max(1, round(k * d_mlp)), replace=False)) for _ in range(n_calls)] for k in KEEPS}
+    # TEAL: per call a fresh input and thresholds at its own quantiles (a realised share of exactly about k)
+    teal = {dt: [TealMLP.from_packed(p) for p in packed[dt]] for dt in packed}
+    tx = [rng.standard_normal(d).astype(np.float32) for _ in range(n_calls)]
+    th = [np.abs(packed["float32"][c % n_layers].hidden(tx[c])) for c in range(n_calls)]
+    tcall = {(dt, k): [teal[dt][c % n_layers].with_thresholds(*((np.quantile(np.abs(tx[c]), 1 - k), np.quantile(th[c], 1 - k)) if k < 1 else (-1, -1)))
+                       for c in range(n_calls)] for dt in packed for k in KEEPS}
+    for dt, tol in (("float32", 1e-4), ("bfloat16", 3e-2)):                # TEAL keeping everything is the dense MLP too
+        assert np.allclose(teal[dt][0](xs[0]), ref, atol=tol * np.abs(ref).max()), (name, "teal", dt)
     # correctness: keep 1.0 equals dense, and a random half equals the masked dense MLP
     with torch.no_grad():
         ref = dense_mlp(kind, dense[0], xt[0])[0].numpy()
@@ -82,23 +93,34 @@ def bench_shape(name, rounds, min_mb, calls_per_layer, seed=0):
             for c in range(n_calls): P[c % n_layers](xs[c % n_layers], ix[c])
         return f
 
-    ways = {"dense_fp32": run_dense, **{f"{dt}_keep{k:g}": run_sparse(dt, k) for dt in ("float32", "bfloat16") for k in KEEPS}}
+    def run_teal(dt, k):
+        T = tcall[(dt, k)]
+        def f():
+            for c in range(n_calls): T[c](tx[c])
+        return f
+
+    ways = {"dense_fp32": run_dense, **{f"{dt}_keep{k:g}": run_sparse(dt, k) for dt in ("float32", "bfloat16") for k in KEEPS},
+            **{f"teal_{dt}_keep{k:g}": run_teal(dt, k) for dt in ("float32", "bfloat16") for k in KEEPS}}
     for f in ways.values(): f()                                    # warm up: compile, fault the pages in
     times = {w: [] for w in ways}
     for r in range(rounds):
         for w in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
             t = time.perf_counter(); ways[w](); times[w].append((time.perf_counter() - t) / n_calls * 1e6)
     best = {w: min(v) for w, v in times.items()}
+    def realised(T, x): T(x); return T.read_share
+    shares = {(dt, k): float(np.mean([realised(T, tx[c]) for c, T in enumerate(tcall[(dt, k)])])) for dt in packed for k in KEEPS}
     rows = []
-    for dt in ("float32", "bfloat16"):
-        t1 = best[f"{dt}_keep1"]
+    for method, pre, dt in [(m, p, dt) for m, p in (("neuron", ""), ("teal", "teal_")) for dt in ("float32", "bfloat16")]:
+        t1 = best[f"{pre}{dt}_keep1"]
         for k in KEEPS:
-            t = best[f"{dt}_keep{k:g}"]
-            ideal = (1 if dt == "float32" else 2) / k
-            rows.append({"shape": name, "mlp": kind, "d": d, "d_mlp": d_mlp, "dtype": dt, "keep": k, "us_per_call": round(t, 1),
+            t = best[f"{pre}{dt}_keep{k:g}"]
+            share = k if method == "neuron" else shares[(dt, k)]       # TEAL: the share of the weights it read
+            ideal = (1 if dt == "float32" else 2) / share
+            rows.append({"shape": name, "mlp": kind, "method": method, "d": d, "d_mlp": d_mlp, "dtype": dt, "keep": k,
+                         "weights_read": round(share, 3), "us_per_call": round(t, 1),
                          "dense_fp32_us": round(best["dense_fp32"], 1), "speedup": round(best["dense_fp32"] / t, 3),
                          "ideal_speedup": round(ideal, 3), "fraction_of_ideal": round(best["dense_fp32"] / t / ideal, 3),
-                         "kernel_scaling": round(t1 / t * k, 3)})
+                         "kernel_scaling": round(t1 / t * share, 3)})
     return {"shape": name, "mlp": kind, "d": d, "d_mlp": d_mlp, "layers_cycled": n_layers, "mb_per_path_fp32": round(n_layers * dense_mb),
             "calls_per_round": n_calls, "rounds": rounds, "us_per_call_all_rounds": {w: [round(v, 1) for v in ts] for w, ts in times.items()},
             "rows": rows}
@@ -123,9 +145,11 @@ def decode(model, ids, n_new):
 
 
 def bench_e2e(name, model, rounds, n_new, keeps=(0.5, 0.3), rank=64, seed=0):
-    """Decode tokens/s of `model`: dense torch, the swapped kernels keeping every neuron, and a rank-`rank` predictor
-    choosing `keep` of the neurons per token (its cost included: the predictor's matmuls and the top-k)."""
-    from sdlms.sparse_mlp import LowRankSelector, SparseMLPs
+    """Decode tokens/s of `model`: dense torch, the swapped kernels keeping every neuron, a rank-`rank` predictor
+    choosing `keep` of the neurons per token (its cost included: the predictor's matmuls and the top-k), and TEAL with
+    thresholds calibrated on the model's own MLP inputs for random prompts (its realised share of weights read reported)."""
+    from sdlms.dynamic_k import fit_teal, mlp_inputs
+    from sdlms.sparse_mlp import LowRankSelector, SparseMLPs, TealMLP
     from sdlms.sites import decoder_layers
     cfg = model.config; d, d_mlp, L = cfg.hidden_size, cfg.intermediate_size, len(decoder_layers(model))
     ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, 16).tolist()
@@ -140,6 +164,17 @@ def bench_e2e(name, model, rounds, n_new, keeps=(0.5, 0.3), rank=64, seed=0):
         return f
     ways["kernel_keep1"] = swapped(None)
     for k, s in sels.items(): ways[f"predictor_keep{k:g}"] = swapped(s)
+    X = mlp_inputs(model, np.random.default_rng(seed + 1).integers(0, cfg.vocab_size, (4, 64)), max_tokens=256)
+    layouts = [TealMLP.from_packed(p) for p in packed]
+    teal = {k: fit_teal(layouts, packed, X, k) for k in keeps}
+    shares = {}
+    def swapped_teal(k):
+        def f():
+            with SparseMLPs(model, None, packed=teal[k]) as sw: r = decode(model, ids, n_new)
+            shares[f"teal_keep{k:g}"] = round(sw.keep_realised, 3)
+            return r
+        return f
+    for k in keeps: ways[f"teal_keep{k:g}"] = swapped_teal(k)
     for f in ways.values(): f()                                    # warm up
     times = {w: [] for w in ways}
     for r in range(rounds):
@@ -147,7 +182,7 @@ def bench_e2e(name, model, rounds, n_new, keeps=(0.5, 0.3), rank=64, seed=0):
     best = {w: min(v) for w, v in times.items()}
     tok_s = {w: round(n_new / t, 2) for w, t in best.items()}
     return {"model": name, "layers": L, "d": d, "d_mlp": d_mlp, "new_tokens": n_new, "predictor_rank": rank, "rounds": rounds,
-            "tokens_per_s": tok_s, "speedup": {w: round(best["dense"] / t, 3) for w, t in best.items()},
+            "tokens_per_s": tok_s, "speedup": {w: round(best["dense"] / t, 3) for w, t in best.items()}, "teal_weights_read": shares,
             "seconds_all_rounds": {w: [round(x, 3) for x in v] for w, v in times.items()},
             "note": "prefill dense; every decode step's MLPs through the kernel; attention, embeddings and the LM head dense"}
 
@@ -169,12 +204,16 @@ def main():
         out["shapes"][name] = bench_shape(name, a.rounds, a.min_mb, a.calls_per_layer)
         print(f"{name}: {time.perf_counter() - t0:.0f} s")
     rows = [r for s in out["shapes"].values() for r in s["rows"]]
-    get = lambda shape, dt, k, key="speedup": next(r[key] for r in rows if r["shape"] == shape and r["dtype"] == dt and r["keep"] == k)
+    get = lambda shape, dt, k, key="speedup", m="neuron": next(r[key] for r in rows if r["shape"] == shape and r["dtype"] == dt
+                                                              and r["keep"] == k and r["method"] == m)
     out.update({"mlp_speedup_50": get("pythia410m", "float32", 0.5), "mlp_speedup_30": get("pythia410m", "float32", 0.3),
                 "mlp_speedup_50_smollm2_swiglu": get("smollm2", "float32", 0.5),
                 "mlp_speedup_50_bf16": get("pythia410m", "bfloat16", 0.5), "mlp_speedup_50_smollm2_bf16": get("smollm2", "bfloat16", 0.5),
                 "kernel_scaling_50": get("pythia410m", "float32", 0.5, "kernel_scaling"),
-                "kernel_keep1_over_dense": get("pythia410m", "float32", 1.0)})
+                "kernel_keep1_over_dense": get("pythia410m", "float32", 1.0),
+                "mlp_speedup_50_teal": get("pythia410m", "float32", 0.5, m="teal"), "mlp_speedup_30_teal": get("pythia410m", "float32", 0.3, m="teal"),
+                "mlp_speedup_50_smollm2_teal": get("smollm2", "float32", 0.5, m="teal"),
+                "mlp_speedup_50_bf16_teal": get("pythia410m", "bfloat16", 0.5, m="teal")})
     if not a.skip_e2e:
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
         torch.manual_seed(0)
@@ -191,11 +230,12 @@ def main():
             out["e2e"]["smollm2"] = {"skipped": f"{type(e).__name__}: {e}"}
         out["e2e_speedup_50"] = out["e2e"]["pythia410m"]["speedup"]["predictor_keep0.5"]
         out["e2e_speedup_30"] = out["e2e"]["pythia410m"]["speedup"]["predictor_keep0.3"]
+        out["e2e_speedup_50_teal"] = out["e2e"]["pythia410m"]["speedup"]["teal_keep0.5"]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "dynamic_k.json").write_text(json.dumps(out, indent=1))
-    lines = ["| shape | dtype | keep | us/call | dense fp32 us | speedup | ideal | fraction of ideal | kernel scaling |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['shape']} ({r['mlp']}) | {r['dtype']} | {r['keep']:g} | {r['us_per_call']} | {r['dense_fp32_us']} | {r['speedup']:.2f}x | "
+    lines = ["| shape | method | dtype | keep | weights read | us/call | dense fp32 us | speedup | ideal | fraction of ideal | kernel scaling |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['shape']} ({r['mlp']}) | {r['method']} | {r['dtype']} | {r['keep']:g} | {r['weights_read']:.3f} | {r['us_per_call']} | {r['dense_fp32_us']} | {r['speedup']:.2f}x | "
               f"{r['ideal_speedup']:.2f}x | {r['fraction_of_ideal']:.2f} | {r['kernel_scaling']:.2f} |" for r in rows]
     md = ("# Dynamic-k MLP block at batch 1: fused sparse kernel vs dense torch fp32 (one thread)\n\n"
           + "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in out.items() if k.startswith(("mlp_", "kernel_", "e2e_"))) + "\n")

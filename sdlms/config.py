@@ -13,9 +13,9 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['DK_METHODS', 'OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig', 'SuiteParams', 'SpecParams',
-           'DynamicKParams', 'spec_default', 'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid',
-           'SAEParams', 'parse_sae_params', 'dict_size']
+__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig',
+           'SuiteParams', 'SpecParams', 'DynamicKParams', 'spec_default', 'merge_overrides', 'RunParams', 'describe',
+           'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -97,20 +97,27 @@ class SpecParams:
     ablation_blocks_per_task: int = F(8, (int,), "probe blocks per task on which ablation losses are measured")
 
 # %% ../nbs/02_config.ipynb #ed190860
-DK_METHODS = ("oracle", "threshold", "predictor")   # the dynamic-k selection methods (`sdlms.dynamic_k`)
+DK_METHODS = ("oracle", "threshold", "predictor", "teal", "task_static")   # the dynamic-k methods (`sdlms.dynamic_k`)
+DK_STATIC_SCORES = ("rate", "magnitude")   # how task_static ranks a task's neurons
 
 @dataclass
 class DynamicKParams:
     "Dynamic-k stage settings (per model): which MLP neurons each method keeps per token, and the decode quality it costs."
     enabled: bool = F(False, (bool,), "run the dynamic-k stage")
     methods: list = F(list(DK_METHODS), (list,), "selection methods: 'oracle' (top |h| per token; reads every weight: the "
-                      "quality ceiling), 'threshold' (calibrated |h| quantile, |silu(gate)| for SwiGLU), 'predictor' (low-rank, fitted to |h|)")
+                      "quality ceiling), 'threshold' (calibrated |h| quantile, |silu(gate)| for SwiGLU), 'predictor' (low-rank, fitted to |h|), "
+                      "'teal' (calibrated |x| and |h| thresholds: input channels of the up/gate projections and rows of the down projection), "
+                      "'task_static' (per task a fixed neuron set from per-task activity, chosen once per prompt; also run with the "
+                      "next task's set as 'task_static_other')")
     keeps: list = F([1.0, 0.7, 0.5, 0.4, 0.3, 0.1], (list,), "target shares of MLP neurons kept per token, each in (0, 1]")
     seeds: int = F(3, (int,), "repeats, each with its own calibration tokens and evaluation blocks (mean and sd)")
     calib_tokens: int = F(4096, (int,), "calibration tokens per seed (MLP inputs), from probe blocks not evaluated")
     eval_blocks_per_task: int = F(2, (int,), "probe blocks per task decoded per seed (dense prefill of half, the rest one token at a time)")
     predictor_rank: int = F(64, (int,), "rank of the low-rank predictor")
     predictor_ridge: float = F(1e-3, (int, float), "ridge penalty of the predictor's fit (times the calibration tokens)")
+    static_score: str = F("rate", (str,), "how task_static ranks a task's neurons: 'rate' (share of the task's tokens a neuron is "
+                          "active on, the specialization stage's activity definition) or 'magnitude' (mean |h| on the task's tokens)")
+    time_decode: bool = F(True, (bool,), "time every decoded token against a dense torch step interleaved with it (tokens/s, speedup)")
 
 # %% ../nbs/02_config.ipynb #146dbbcb
 def spec_default(name: str):

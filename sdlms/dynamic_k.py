@@ -8,13 +8,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .activity import unit_thresholds
 from .core import SdlmsError
 from .sites import decoder_layers
-from .sparse_mlp import LowRankSelector, PackedMLP, SparseMLPs
+from .sparse_mlp import LowRankSelector, PackedMLP, SparseMLPs, TealMLP
 
 # %% auto #0
-__all__ = ['check_keep', 'mlp_inputs', 'layer_scores', 'OracleTopK', 'Thresholds', 'fit_lowrank', 'fit_predictor',
-           'selection_recall', 'decode_quality', 'frontier', 'frontier_summary']
+__all__ = ['SPEED_PATH', 'check_keep', 'calib_rows', 'mlp_inputs', 'layer_scores', 'OracleTopK', 'Thresholds', 'fit_lowrank',
+           'fit_predictor', 'fit_teal', 'TaskSets', 'selection_recall', 'decode_quality', 'weights_read',
+           'speed_columns', 'frontier', 'frontier_summary']
 
 # %% ../nbs/21_dynamic_k.ipynb #b7c2aed1
 def check_keep(keep: float) -> float:
@@ -23,9 +25,13 @@ def check_keep(keep: float) -> float:
     return float(keep)
 
 # %% ../nbs/21_dynamic_k.ipynb #ebaee31a
+def calib_rows(n_tokens: int, max_tokens: int, seed: int = 0) -> np.ndarray:
+    "The sorted token rows (of `n_tokens`, blocks flattened) a calibration keeps: a seeded subsample of at most `max_tokens`."
+    return np.sort(np.random.default_rng(seed).choice(n_tokens, min(n_tokens, max_tokens), replace=False))
+
 @torch.no_grad()
 def mlp_inputs(model, ids_BT, max_tokens: int = 4096, seed: int = 0, batch_size: int = 8) -> list:
-    "Per layer, the MLP input `(N, d)` float32 of at most `max_tokens` tokens (a seeded subsample) of the blocks `ids_BT`."
+    "Per layer, the MLP input `(N, d)` float32 of at most `max_tokens` tokens (`calib_rows`) of the blocks `ids_BT`."
     mlps = [L.mlp for L in decoder_layers(model)]
     got = [[] for _ in mlps]
     hs = [m.register_forward_pre_hook(lambda mod, inp, l=l: got[l].append(inp[0].detach().reshape(-1, inp[0].shape[-1]).float()))
@@ -36,7 +42,7 @@ def mlp_inputs(model, ids_BT, max_tokens: int = 4096, seed: int = 0, batch_size:
     finally:
         for h in hs: h.remove()
     X = [torch.cat(g).numpy() for g in got]
-    rows = np.sort(np.random.default_rng(seed).choice(len(X[0]), min(len(X[0]), max_tokens), replace=False))
+    rows = calib_rows(len(X[0]), max_tokens, seed)
     return [np.ascontiguousarray(x[rows]) for x in X]
 
 # %% ../nbs/21_dynamic_k.ipynb #afdf59b6
@@ -95,6 +101,55 @@ def fit_predictor(packed: list, X: list, rank: int, keep: float, ridge: float = 
     sel.name = "predictor"
     return sel
 
+# %% ../nbs/21_dynamic_k.ipynb #71991d12
+def fit_teal(layouts: list, packed: list, X: list, keep: float) -> list:
+    """TEAL per layer: `TealMLP` layouts with thresholds at the `1 - keep` quantile of |x| (the MLP input, skipping input
+    channels of the up/gate projections) and of |h| (skipping rows of the down projection) on the calibration inputs `X`."""
+    keep = check_keep(keep)
+    if keep == 1: return list(layouts)
+    return [t.with_thresholds(np.quantile(np.abs(x), 1 - keep), np.quantile(np.abs(p.hidden(x)), 1 - keep))
+            for t, p, x in zip(layouts, packed, X)]
+
+# %% ../nbs/21_dynamic_k.ipynb #6791cc99
+class TaskSets:
+    """Specialization-guided gating: per task and layer a fixed neuron set (the top `keep` by per-task activity), chosen once
+    per prompt from its task (`for_task`); `shift=1` uses the next task's set instead (the set on the other tasks)."""
+    def __init__(self, sets: dict, # task -> per layer sorted kept indices
+                 tasks: list, # task names, in order
+                 shift: int = 0, # 0: a prompt gets its own task's set; 1: the next task's
+                ):
+        self.sets, self.tasks, self.shift, self.cur = sets, list(tasks), shift, None
+        self.name = "task_static" if shift == 0 else "task_static_other"
+
+    @classmethod
+    def fit(cls, packed: list, X: list, task_N, tasks: list, keep: float, score: str = "rate", active: str = "topq", q: float = 0.1):
+        """Sets from calibration inputs `X` with token tasks `task_N` (indices into `tasks`). `score` 'rate': share of the
+        task's tokens a neuron is active on (`activity.unit_thresholds(active, q)` on h, the specialization stage's
+        definition); 'magnitude': mean |h| on the task's tokens."""
+        keep, task_N = check_keep(keep), np.asarray(task_N)
+        if score not in ("rate", "magnitude"): raise SdlmsError(f"score must be 'rate' or 'magnitude', not {score!r}")
+        missing = [t for k, t in enumerate(tasks) if not (task_N == k).any()]
+        if missing: raise SdlmsError(f"no calibration tokens of task(s) {missing}: raise dynamic_k.calib_tokens or tokens_per_task")
+        sets = {t: [] for t in tasks}
+        for p, x in zip(packed, X):
+            H = p.hidden(x); k = max(1, round(keep * p.d_mlp))
+            V = (H > unit_thresholds(H, active, q)) if score == "rate" else np.abs(H)
+            for j, t in enumerate(tasks):
+                s = V[task_N == j].mean(0)
+                sets[t].append(np.arange(p.d_mlp) if k >= p.d_mlp else np.sort(np.argsort(-s, kind="stable")[:k]))
+        return cls(sets, tasks)
+
+    def other(self) -> "TaskSets":
+        "The same sets, each prompt getting the next task's."
+        return TaskSets(self.sets, self.tasks, shift=1)
+
+    def for_task(self, task: str):
+        self.cur = self.sets[self.tasks[(self.tasks.index(task) + self.shift) % len(self.tasks)]]
+
+    def __call__(self, layer: int, x) -> np.ndarray:
+        if self.cur is None: raise SdlmsError("TaskSets: call for_task(task) before decoding a prompt")
+        return self.cur[layer]
+
 # %% ../nbs/21_dynamic_k.ipynb #39164ce7
 def selection_recall(select, packed: list, X: list, keep: float) -> list:
     """Per layer `(recall, precision)` of `select` against the true top-`keep` neurons by |h| on the tokens `X`
@@ -111,70 +166,132 @@ def selection_recall(select, packed: list, X: list, keep: float) -> list:
 
 # %% ../nbs/21_dynamic_k.ipynb #3e604e23
 @torch.no_grad()
-def decode_quality(model, ids_BT, task_B, tasks: list, select=None, packed: list | None = None, prefix: int | None = None):
+def decode_quality(model, ids_BT, task_B, tasks: list, select=None, packed: list | None = None, prefix: int | None = None,
+                   timed: bool = True):
     """TEAL's protocol on probe blocks: a dense prefill of the first `prefix` tokens (default: half), then the rest
-    teacher-forced one token at a time through `SparseMLPs(select)`, against the dense model on the same positions.
-    Per task and 'all': tokens, dense and sparse loss and perplexity, KL(dense || sparse), top-1 agreement, realised keep."""
+    teacher-forced one token at a time, dense and through `SparseMLPs(select)` (`packed`) in turns. Per task and 'all':
+    tokens, dense and sparse loss and perplexity, KL(dense || sparse), top-1 agreement, realised keep (share of the MLP
+    weights the kernels read) and, when `timed`, the seconds of the dense and of the sparse decode steps."""
     import pandas as pd
+    from time import perf_counter
     ids_BT = np.asarray(ids_BT); T = ids_BT.shape[1]; prefix = prefix or T // 2
     if not 3 <= prefix < T: raise SdlmsError(f"prefix must leave a dense prefill of 2+ tokens and tokens to decode: 3 <= prefix < {T}, got {prefix}")
     sw = SparseMLPs(model, select, packed=packed)
     rows = []
     for b, ids in enumerate(ids_BT):
+        task = tasks[int(task_B[b])]
+        if hasattr(select, "for_task"): select.for_task(task)            # a static set per prompt, from its task
         x = torch.as_tensor(ids, dtype=torch.long)[None]
-        dense = torch.log_softmax(model(input_ids=x).logits[0, prefix - 1:T - 1].float(), -1)       # predicts ids[prefix:]
-        with sw:
-            past = model(input_ids=x[:, :prefix - 1], use_cache=True).past_key_values     # dense: several tokens at once
-            n0 = len(sw.kept); lg = []
-            for p in range(prefix - 1, T - 1):                # one token at a time: sparse; the step at p predicts ids[p + 1]
-                o = model(input_ids=x[:, p:p + 1], past_key_values=past, use_cache=True)
-                past = o.past_key_values; lg.append(o.logits[0, -1])
-        sparse = torch.log_softmax(torch.stack(lg).float(), -1)
+        past_d = model(input_ids=x[:, :prefix - 1], use_cache=True).past_key_values      # prefills: several tokens, dense
+        past_s = model(input_ids=x[:, :prefix - 1], use_cache=True).past_key_values
+        n0, ld, ls, sec = len(sw.kept), [], [], [0.0, 0.0]
+        for p in range(prefix - 1, T - 1):                # one token at a time; the step at p predicts ids[p + 1]
+            t0 = perf_counter()
+            o = model(input_ids=x[:, p:p + 1], past_key_values=past_d, use_cache=True)
+            t1 = perf_counter(); past_d = o.past_key_values; ld.append(o.logits[0, -1])
+            with sw:
+                t2 = perf_counter()
+                o = model(input_ids=x[:, p:p + 1], past_key_values=past_s, use_cache=True)
+                t3 = perf_counter()
+            past_s = o.past_key_values; ls.append(o.logits[0, -1])
+            sec[0] += t1 - t0; sec[1] += t3 - t2
+        dense, sparse = (torch.log_softmax(torch.stack(v).float(), -1) for v in (ld, ls))
         tgt = torch.as_tensor(ids[prefix:], dtype=torch.long)
-        kept = np.mean(sw.kept[n0:]) / sw.packed[0].d_mlp if len(sw.kept) > n0 else 1.0
-        rows.append({"task": tasks[int(task_B[b])], "tokens": len(tgt),
+        kept = np.mean(sw.kept[n0:]) if len(sw.kept) > n0 else 1.0
+        rows.append({"task": task, "tokens": len(tgt),
                      "loss_dense": float(-dense.gather(1, tgt[:, None]).sum()), "loss_sparse": float(-sparse.gather(1, tgt[:, None]).sum()),
                      "kl": float((dense.exp() * (dense - sparse)).sum()), "top1": float((dense.argmax(1) == sparse.argmax(1)).sum()),
-                     "keep_realised": float(kept) * len(tgt)})
+                     "keep_realised": float(kept) * len(tgt), "seconds_dense": sec[0], "seconds_sparse": sec[1]})
     df = pd.DataFrame(rows)
     g = pd.concat([df.groupby("task", sort=False).sum(numeric_only=True), df.sum(numeric_only=True).to_frame("all").T])
     out = pd.DataFrame({"tokens": g.tokens.astype(int)})
     for c in ("loss_dense", "loss_sparse", "kl", "top1", "keep_realised"): out[c] = g[c] / g.tokens
     out["ppl_dense"], out["ppl_sparse"] = np.exp(out.loss_dense), np.exp(out.loss_sparse)
+    if timed: out["seconds_dense"], out["seconds_sparse"] = g.seconds_dense, g.seconds_sparse
     return out.rename_axis("task").reset_index()
 
+# %% ../nbs/21_dynamic_k.ipynb #feb7c365
+def weights_read(kind: str, # 'gelu' or 'swiglu'
+                 d: int, d_mlp: int, # the MLP's shape
+                 method: str, # a dynamic-k method, 'all' or 'dense'
+                 share: float, # its realised share (`keep_realised`: of the neurons kept, for TEAL of the weights read)
+                 rank: int = 0, # the predictor's rank
+                ) -> float:
+    """MLP weights one token reads per layer when `method` is implemented at its best: oracle and GELU thresholds compute
+    every neuron's h (all up weights) and then only the kept down rows; CATS thresholds (SwiGLU) read every gate row
+    and the kept up and down rows; the predictor adds its two factors; TEAL, the static sets and `all` read `share`."""
+    n_in = 1 if kind == "gelu" else 2; W = (n_in + 1) * d * d_mlp
+    if method == "dense": return float(W)
+    if method == "oracle" or method == "threshold" and kind == "gelu": return n_in * d * d_mlp + share * d * d_mlp
+    if method == "threshold": return d * d_mlp + share * 2 * d * d_mlp
+    if method == "predictor": return rank * (d + d_mlp) + share * W
+    return share * W
+
+# %% ../nbs/21_dynamic_k.ipynb #7a5c7f25
+SPEED_PATH = "batch-1 decode: fused sparse numba kernels, fp32; prefill dense"   # what the speed columns measured
+
+def speed_columns(df, model, packed: list, rank: int = 0):
+    """`df` (`decode_quality` rows with `method`) with FLOPs and bytes per token of the MLP weights read, the ideal MLP and
+    decode-step speedups they imply, and when timed the measured tokens/s, speedup against dense and its share of the ideal."""
+    p = packed[0]; L = len(packed)
+    mlp = sum(v.numel() for layer in decoder_layers(model) for v in layer.mlp.parameters())
+    emb = model.get_input_embeddings().weight
+    out_w = model.get_output_embeddings().weight if model.get_output_embeddings() is not None else None
+    other = sum(v.numel() for v in model.parameters()) - mlp - (emb.numel() if out_w is not emb else 0)   # an embedding lookup reads one row
+    dense = weights_read(p.kind, p.d, p.d_mlp, "dense", 1.0)
+    w = np.array([weights_read(p.kind, p.d, p.d_mlp, m, s, rank) for m, s in zip(df.method, df.keep_realised)])
+    df = df.assign(mlp_flops_per_token=2 * L * w, mlp_bytes_per_token=4 * L * w, ideal_mlp_speedup=dense / w,
+                   ideal_speedup=(other + L * dense) / (other + L * w))
+    if "seconds_sparse" in df:
+        df = df.assign(tokens_per_s=df.tokens / df.seconds_sparse, tokens_per_s_dense=df.tokens / df.seconds_dense)
+        df = df.assign(speedup=df.tokens_per_s / df.tokens_per_s_dense).drop(columns=["seconds_dense", "seconds_sparse"])
+        df["ideal_fraction"] = df.speedup / df.ideal_speedup
+    return df.assign(path=SPEED_PATH)
+
 # %% ../nbs/21_dynamic_k.ipynb #7bc5b642
-def frontier(model, blocks, tasks: list, dk, seed: int = 0, progress: bool = False):
-    "Decode quality per (seed, method, keep, task) of a model's MLPs run sparse (`DynamicKParams` `dk`) on `blocks` (`ProbeBlocks`)."
+def frontier(model, blocks, tasks: list, dk, seed: int = 0, spec=None, progress: bool = False):
+    """Decode quality and speed per (seed, method, keep, task) of a model's MLPs run sparse (`DynamicKParams` `dk`) on
+    `blocks` (`ProbeBlocks`); `spec` (`SpecParams`) gives task_static's activity definition."""
     import pandas as pd
     from tqdm.auto import tqdm
+    from sdlms.config import SpecParams
+    spec = spec or SpecParams()
     P = [PackedMLP.from_module(L.mlp) for L in decoder_layers(model)]
+    TL = [TealMLP.from_packed(p) for p in P] if "teal" in dk.methods else None
     keeps = [check_keep(k) for k in dk.keeps if k < 1]
-    rows = []
-    bar = tqdm(total=dk.seeds * (1 + len(keeps) * len(dk.methods)), desc="dynamic-k", disable=not progress)
+    rows, T = [], blocks.ids_BT.shape[1]
+    runs = sum(2 if m == "task_static" else 1 for m in dk.methods)
+    bar = tqdm(total=dk.seeds * (1 + len(keeps) * runs), desc="dynamic-k", disable=not progress)
     for s in range(dk.seeds):
         rng = np.random.default_rng([seed, s])
         ev = np.sort(np.concatenate([rng.permutation(np.flatnonzero(blocks.task_B == k))[:dk.eval_blocks_per_task] for k in range(len(tasks))]))
         cal = np.setdiff1d(np.arange(len(blocks.task_B)), ev)
         if not len(cal): raise SdlmsError("no probe blocks are left for calibration: lower dynamic_k.eval_blocks_per_task or raise tokens_per_task")
         X = mlp_inputs(model, blocks.ids_BT[cal], dk.calib_tokens, seed=s)
-        def run(method, keep, sel):
-            q = decode_quality(model, blocks.ids_BT[ev], blocks.task_B[ev], tasks, sel, P)
+        task_N = np.repeat(blocks.task_B[cal], T)[calib_rows(len(cal) * T, dk.calib_tokens, s)]     # the tokens of X
+        def run(method, keep, sel, packed=P):
+            q = decode_quality(model, blocks.ids_BT[ev], blocks.task_B[ev], tasks, sel, packed, timed=dk.time_decode)
             rows.extend(q.assign(method=method, keep=keep, seed=s).to_dict("records")); bar.update()
         run("all", 1.0, None)
         for keep in keeps:
             for m in dk.methods:
-                sel = OracleTopK(P, keep) if m == "oracle" else Thresholds.fit(P, X, keep) if m == "threshold" else \
-                      fit_predictor(P, X, dk.predictor_rank, keep, dk.predictor_ridge)
-                run(m, keep, sel)
+                if m == "oracle": run(m, keep, OracleTopK(P, keep))
+                elif m == "threshold": run(m, keep, Thresholds.fit(P, X, keep))
+                elif m == "predictor": run(m, keep, fit_predictor(P, X, dk.predictor_rank, keep, dk.predictor_ridge))
+                elif m == "teal": run(m, keep, None, fit_teal(TL, P, X, keep))
+                elif m == "task_static":
+                    ts = TaskSets.fit(P, X, task_N, tasks, keep, dk.static_score, spec.active, spec.q)
+                    run(ts.name, keep, ts); run("task_static_other", keep, ts.other())
+                else: raise SdlmsError(f"unknown dynamic-k method {m!r}")
     bar.close()
-    df = pd.DataFrame(rows)
+    df = speed_columns(pd.DataFrame(rows), model, P, dk.predictor_rank)
     return df[["method", "keep", "seed", "task", *[c for c in df.columns if c not in ("method", "keep", "seed", "task")]]]
 
 # %% ../nbs/21_dynamic_k.ipynb #af0b0d21
 def frontier_summary(df):
-    "Mean and sd over seeds, all tasks together, per method and keep."
+    "Mean and sd over seeds, all tasks together, per method and keep: quality, and speed where `df` has it."
     a = df[df.task == "all"]
-    g = a.groupby(["method", "keep"], sort=False)[["keep_realised", "ppl_dense", "ppl_sparse", "kl", "top1"]]
+    cols = ["keep_realised", "ppl_dense", "ppl_sparse", "kl", "top1", "ideal_mlp_speedup", "ideal_speedup", "tokens_per_s", "speedup"]
+    g = a.groupby(["method", "keep"], sort=False)[[c for c in cols if c in a]]
     out = g.mean().join(g.std(ddof=0).add_suffix("_sd")).reset_index()
     return out.sort_values(["method", "keep"], ascending=[True, False], ignore_index=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, repo_root
-from .config import DK_METHODS, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
+from .config import DK_METHODS, DK_STATIC_SCORES, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
 from .data import load_manifest
 from .models import SIZES, model_name
 
@@ -134,6 +134,8 @@ def validate(p: RunParams, # the params built by `build_section`
             if getattr(dk, k) < 1: errors.append(f"dynamic_k.{k}: must be >= 1, got {getattr(dk, k)}")
         if dk.calib_tokens < 64: errors.append(f"dynamic_k.calib_tokens: must be >= 64, got {dk.calib_tokens}")
         if dk.predictor_ridge < 0: errors.append(f"dynamic_k.predictor_ridge: must be >= 0, got {dk.predictor_ridge}")
+        if dk.static_score not in DK_STATIC_SCORES:
+            errors.append(f"dynamic_k.static_score: {dk.static_score!r}; choose from {list(DK_STATIC_SCORES)}")
     s = p.suite
     for k in ("train_tokens", "seq_len", "batch_size", "vocab_size", "tokenizer_chars"):
         if getattr(s, k) < 1: errors.append(f"suite.{k}: must be >= 1, got {getattr(s, k)}")

@@ -28,7 +28,8 @@ EMBEDS = [("capture/*/10_capture.ipynb", "fig-capture"), ("sae/*/*/20_sae.ipynb"
           ("sae_summary/91_sae_summary.ipynb", "fig-spec"), ("scaling/90_scaling.ipynb", "fig-si-size"),
           ("scaling/90_scaling.ipynb", "fig-q-size"), ("scaling/90_scaling.ipynb", "fig-spec-depth"),
           ("scaling/90_scaling.ipynb", "fig-ablation-size"), ("sae_summary/91_sae_summary.ipynb", "fig-kxd"),
-          ("suite/00_suite.ipynb", "fig-suite-loss"), ("dynamic_k/*/40_dynamic_k.ipynb", "fig-dk-frontier")]
+          ("suite/00_suite.ipynb", "fig-suite-loss"), ("dynamic_k/*/40_dynamic_k.ipynb", "fig-dk-frontier"),
+          ("dynamic_k/*/40_dynamic_k.ipynb", "fig-dk-speed")]
 
 def run_notebooks(run_dir, # a run folder
                  ) -> list:

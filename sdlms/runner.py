@@ -93,7 +93,7 @@ def plan(p: RunParams, # the run's validated params
             jobs += [Job(s, m, f"dynamic_k/{slug(m)}", {}, ("suite",) if has_suite and m.startswith("micro-") else ())
                      for m in p.models if p.for_model(m).dynamic_k.enabled]
         elif s.key == "scaling":
-            jobs.append(Job(s, None, s.key, {}, tuple(j.rel for j in jobs if j.stage.key in ("capture", "specialization"))))
+            jobs.append(Job(s, None, s.key, {}, tuple(j.rel for j in jobs if j.stage.key in ("capture", "specialization", "dynamic_k"))))
         elif s.key == "sae_summary" and any(p.for_model(m).sae for m in p.models):
             jobs.append(Job(s, None, s.key, {}, tuple(j.rel for j in jobs if j.stage.key in ("sae", "specialization"))))
     return jobs

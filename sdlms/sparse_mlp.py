@@ -17,7 +17,7 @@ from .core import SdlmsError
 from .sites import decoder_layers
 
 # %% auto #0
-__all__ = ['to_bf16_bits', 'pack_rows', 'PackedMLP', 'SparseMLPs', 'LowRankSelector']
+__all__ = ['to_bf16_bits', 'pack_rows', 'PackedMLP', 'TealMLP', 'SparseMLPs', 'LowRankSelector']
 
 # %% ../nbs/20_sparse_mlp.ipynb #7a8c9cc2
 _NUMBA_CACHE = "__file__" in globals()   # cache compiled kernels next to the module (not possible from a notebook)
@@ -138,6 +138,7 @@ class PackedMLP:
         self.b_out = np.zeros(self.d, np.float32) if b_out is None else np.ascontiguousarray(b_out, np.float32)
         self._all = np.arange(self.d_mlp, dtype=np.int64)
         self.bytes_per_neuron = P.shape[1] * P.itemsize
+        self.read_share = 1.0
 
     @classmethod
     def gelu(cls, W_in, b_in, W_out, b_out=None, dtype: str = "float32"):
@@ -191,6 +192,74 @@ class PackedMLP:
         acc = self.b_out.copy()
         if self.kind == "gelu": _gelu_kernel(self.P, self.b_in, x, idx, acc)
         else: _swiglu_kernel(self.P, x, idx, acc)
+        self.read_share = len(idx) / self.d_mlp         # share of the MLP's weights this call read
+        return acc
+
+# %% ../nbs/20_sparse_mlp.ipynb #f0c89145
+@numba.njit(fastmath=True, cache=_NUMBA_CACHE)
+def _rows_kernel(W, c, idx, acc):
+    "acc += sum over rows j in idx of c[j] * W[j] (rows float32 or bf16 bits): a product that reads only the rows idx."
+    m = acc.shape[0]; n = idx.shape[0]; j = 0
+    while j + 8 <= n:
+        i0, i1, i2, i3, i4, i5, i6, i7 = idx[j], idx[j + 1], idx[j + 2], idx[j + 3], idx[j + 4], idx[j + 5], idx[j + 6], idx[j + 7]
+        r0, r1, r2, r3, r4, r5, r6, r7 = W[i0], W[i1], W[i2], W[i3], W[i4], W[i5], W[i6], W[i7]
+        c0, c1, c2, c3, c4, c5, c6, c7 = c[i0], c[i1], c[i2], c[i3], c[i4], c[i5], c[i6], c[i7]
+        for t in range(m):
+            acc[t] += (c0 * _ld(r0, t) + c1 * _ld(r1, t) + c2 * _ld(r2, t) + c3 * _ld(r3, t)
+                       + c4 * _ld(r4, t) + c5 * _ld(r5, t) + c6 * _ld(r6, t) + c7 * _ld(r7, t))
+        j += 8
+    while j < n:
+        i = idx[j]; r = W[i]; ci = c[i]
+        for t in range(m): acc[t] += ci * _ld(r, t)
+        j += 1
+
+@numba.njit(fastmath=True, cache=_NUMBA_CACHE)
+def _hidden_kernel(u, b_in, kind, h):
+    "h from the up (and gate) products `u`: gelu(u + b_in) (kind 0), or silu(u[:m]) u[m:] (kind 1, u = [gate | up])."
+    m = h.shape[0]
+    for i in range(m):
+        if kind == 0: h[i] = _act(u[i] + b_in[i], 0)
+        else: h[i] = _act(u[i], 1) * u[m + i]
+
+# %% ../nbs/20_sparse_mlp.ipynb #6075714e
+class TealMLP:
+    "An MLP laid out for input sparsity: `mlp(x)` reads the in-weights of channels |x_j| > `t_x` and the down rows of |h_i| > `t_h`."
+    def __init__(self, kind: str, # 'gelu' or 'swiglu'
+                 W_in, # `(d, n_in * d_mlp)`: per input channel its up columns (SwiGLU: gate then up columns); float32 or bf16 bits
+                 W_down, # `(d_mlp, d)`: per neuron its down-projection column
+                 b_in=None, b_out=None, # biases (GELU)
+                 t_x: float = -1.0, # threshold on |x| (below: the input channel is skipped); negative: none skipped
+                 t_h: float = -1.0, # threshold on |h| (below: the neuron's down row is skipped)
+                ):
+        self.kind, self.W_in, self.W_down = kind, W_in, W_down
+        self.d, self.d_mlp = W_down.shape[1], W_down.shape[0]
+        self.n_in = 1 if kind == "gelu" else 2
+        self.b_in = np.zeros(self.d_mlp, np.float32) if b_in is None else b_in
+        self.b_out = np.zeros(self.d, np.float32) if b_out is None else b_out
+        self.t_x, self.t_h, self.read_share = float(t_x), float(t_h), 1.0
+
+    @classmethod
+    def from_packed(cls, p: PackedMLP):
+        "The input-sparse layout of a `PackedMLP`'s weights (a copy, in its dtype)."
+        d, n_in = p.d, 1 if p.kind == "gelu" else 2
+        W_in = np.ascontiguousarray(np.concatenate([p.P[:, k * d:(k + 1) * d].T for k in range(n_in)], axis=1))
+        return cls(p.kind, W_in, np.ascontiguousarray(p.P[:, n_in * d:]), p.b_in, p.b_out)
+
+    def with_thresholds(self, t_x: float, t_h: float) -> "TealMLP":
+        "The same weights (shared, not copied) with other thresholds."
+        return TealMLP(self.kind, self.W_in, self.W_down, self.b_in, self.b_out, t_x, t_h)
+
+    def __call__(self, x, # the MLP input for one token, `(d,)`
+                 idx=None, # neurons allowed in the down projection (None: all); the thresholds choose among them
+                ) -> np.ndarray:
+        x = np.ascontiguousarray(x, np.float32)
+        if x.shape != (self.d,): raise SdlmsError(f"the sparse kernel runs one token at a time: x must be ({self.d},), got {x.shape}")
+        ix = np.flatnonzero(np.abs(x) > self.t_x)
+        u = np.zeros(self.n_in * self.d_mlp, np.float32); _rows_kernel(self.W_in, x, ix, u)
+        h = np.empty(self.d_mlp, np.float32); _hidden_kernel(u, self.b_in, 0 if self.kind == "gelu" else 1, h)
+        ih = np.flatnonzero(np.abs(h) > self.t_h) if idx is None else (i := np.asarray(idx, np.int64))[np.abs(h[i]) > self.t_h]
+        acc = self.b_out.copy(); _rows_kernel(self.W_down, h, ih, acc)
+        self.read_share = (self.n_in * len(ix) / self.d + len(ih) / self.d_mlp) / (self.n_in + 1)
         return acc
 
 # %% ../nbs/20_sparse_mlp.ipynb #b512e0e8
@@ -199,11 +268,11 @@ class SparseMLPs:
     def __init__(self, model, # a Hugging Face causal LM with GPT-NeoX (GELU) or Llama (SwiGLU) MLPs
                  select=None, # `select(layer, x) -> kept neuron indices` (or None: all), per layer and token
                  dtype: str = "float32", # packed weights: 'float32' or 'bfloat16'
-                 packed: list | None = None, # reuse packed layers (`self.packed` of an earlier swap) instead of packing again
+                 packed: list | None = None, # reuse packed layers (`self.packed` of an earlier swap, or `TealMLP`s) instead of packing
                 ):
         self.mlps = [L.mlp for L in decoder_layers(model)]
         self.packed = packed or [PackedMLP.from_module(m, dtype) for m in self.mlps]
-        self.select, self.calls, self.kept = select, {"sparse": 0, "dense": 0}, []
+        self.select, self.calls, self.kept = select, {"sparse": 0, "dense": 0}, []   # kept: per sparse call, `read_share`
 
     def _forward(self, l, dense):
         P = self.packed[l]
@@ -214,8 +283,9 @@ class SparseMLPs:
             v = x.detach().reshape(-1).numpy()
             idx = None if self.select is None else self.select(l, v)
             self.calls["sparse"] += 1
-            self.kept.append(P.d_mlp if idx is None else len(idx))
-            return torch.from_numpy(P(v, idx)).view(x.shape)
+            out = torch.from_numpy(P(v, idx)).view(x.shape)
+            self.kept.append(P.read_share)
+            return out
         return forward
 
     def __enter__(self):
@@ -227,8 +297,8 @@ class SparseMLPs:
 
     @property
     def keep_realised(self) -> float:
-        "Mean share of neurons kept over the sparse calls so far."
-        return float(np.mean(self.kept) / self.packed[0].d_mlp) if self.kept else float("nan")
+        "Mean share of the MLP weights read (for neuron selections: of the neurons kept) over the sparse calls so far."
+        return float(np.mean(self.kept)) if self.kept else float("nan")
 
 # %% ../nbs/20_sparse_mlp.ipynb #7ff8dc63
 class LowRankSelector:

@@ -15,7 +15,7 @@ from .runs import slug
 
 # %% auto #0
 __all__ = ['SCALING_INIT', 'SAE_SI_COLS', 'run_tables', 'scaling_sources', 'sparsity_table', 'scaling_long', 'si_table',
-           'ablation_summary', 'sae_table', 'sae_spec_rate', 'add_spec_rates']
+           'ablation_summary', 'dynamic_k_table', 'sae_table', 'sae_spec_rate', 'add_spec_rates']
 
 # %% ../nbs/26_summaries.ipynb #2ee34050
 def run_tables(sources: list, pattern: str) -> pd.DataFrame:
@@ -74,6 +74,17 @@ def ablation_summary(sources: list, spec: pd.DataFrame) -> pd.DataFrame:
     a = a.merge(spec[spec.unit_kind == "neuron"][["run", "model", "layer", "params", "depth"]], on=["run", "model", "layer"])
     a["cell"] = np.where(a.own_task, "own task (diagonal)", "other tasks")
     return a
+
+# %% ../nbs/26_summaries.ipynb #223a0da9
+def dynamic_k_table(sources: list) -> pd.DataFrame:
+    """The dynamic-k stage's `dynamic_k_summary.csv` rows (methods below keep 1) of every model of every run, with the
+    model's parameter count (from its capture rows) and `ppl_ratio`, sparse over dense perplexity; empty when none ran."""
+    dk = run_tables(sources, "dynamic_k/*/dynamic_k_summary.csv")
+    if dk.empty: return dk
+    sizes = run_tables(sources, "capture/*/sparsity.csv")
+    if len(sizes): dk = dk.merge(sizes[["run", "model", "params"]].drop_duplicates(), on=["run", "model"], how="left")
+    dk = dk[dk.method != "all"].assign(ppl_ratio=lambda d: d.ppl_sparse / d.ppl_dense)
+    return dk.reset_index(drop=True)
 
 # %% ../nbs/26_summaries.ipynb #60ce180b
 SAE_SI_COLS = ("si_mean", "si_null_mean", "si_excess", "frac_si_ge_0.5", "null_frac_si_ge_0.5")   # from si_modularity.csv

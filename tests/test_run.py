@@ -57,14 +57,21 @@ def test_smoke_run_outputs(smoke_run):
 def test_dynamic_k_stage(smoke_run):
     "The smoke run's dynamic-k stage: the kernel keeping every neuron reproduces the dense model; every method at every keep."
     df = pd.read_csv(smoke_run / "dynamic_k/micro-tiny/dynamic_k.csv")
-    assert set(df.method) == {"all", "oracle", "threshold", "predictor"} and set(df.keep) == {1.0, 0.5, 0.3} and set(df.seed) == {0, 1}
+    assert set(df.method) == {"all", "oracle", "threshold", "predictor", "teal", "task_static", "task_static_other"}
+    assert set(df.keep) == {1.0, 0.5, 0.3} and set(df.seed) == {0, 1}
     ex = df[df.method == "all"]
     assert (ex.kl < 1e-6).all() and (ex.top1 == 1).all() and ((ex.ppl_sparse - ex.ppl_dense).abs() < 0.01).all()
     s = pd.read_csv(smoke_run / "dynamic_k/micro-tiny/dynamic_k_summary.csv").set_index(["method", "keep"])
-    for m in ("oracle", "threshold", "predictor"):
+    for m in ("oracle", "threshold", "predictor", "teal", "task_static", "task_static_other"):
         assert s.kl[(m, 0.3)] > s.kl[(m, 0.5)] > 0, m                      # less kept, more damage
-        assert abs(s.keep_realised[(m, 0.5)] - 0.5) < 0.05, m
-    assert (smoke_run / "dynamic_k/micro-tiny/dk_frontier.html").exists()
+        assert abs(s.keep_realised[(m, 0.5)] - 0.5) < (0.1 if m == "teal" else 0.05), m
+    # speed: every row timed against dense; the ideal speedups follow from the weights each method reads
+    assert (df.tokens_per_s > 0).all() and (df.tokens_per_s_dense > 0).all() and (ex.ideal_speedup == 1).all()
+    st = df[df.method == "task_static"]
+    assert ((st.ideal_mlp_speedup - 1 / st.keep_realised).abs() < 1e-9).all() and (st.ideal_speedup < st.ideal_mlp_speedup).all()
+    assert (df[df.method == "oracle"].ideal_mlp_speedup < 1.6).all()     # it computes every neuron's h
+    for f in ("dk_frontier.html", "dk_speed.html", "dk_tasks.html"): assert (smoke_run / "dynamic_k/micro-tiny" / f).exists(), f
+    assert set(pd.read_csv(smoke_run / "scaling/dynamic_k.csv").method) == set(df.method) - {"all"}
     meta = json.loads((smoke_run / "dynamic_k/micro-tiny/meta.json").read_text())
     assert meta["keep1_max_kl"] < 1e-6
 
