@@ -269,8 +269,11 @@ def frontier(model, blocks, tasks: list, dk, seed: int = 0, spec=None, progress:
         if not len(cal): raise SdlmsError("no probe blocks are left for calibration: lower dynamic_k.eval_blocks_per_task or raise tokens_per_task")
         X = mlp_inputs(model, blocks.ids_BT[cal], dk.calib_tokens, seed=s)
         task_N = np.repeat(blocks.task_B[cal], T)[calib_rows(len(cal) * T, dk.calib_tokens, s)]     # the tokens of X
+        Xh = mlp_inputs(model, blocks.ids_BT[ev], 256, seed=s)          # held-out tokens: selection recall and precision
         def run(method, keep, sel, packed=P):
             q = decode_quality(model, blocks.ids_BT[ev], blocks.task_B[ev], tasks, sel, packed, timed=dk.time_decode)
+            if method in ("oracle", "threshold", "predictor"):
+                q["recall"], q["precision"] = np.mean(selection_recall(sel, P, Xh, keep), axis=0)
             rows.extend(q.assign(method=method, keep=keep, seed=s).to_dict("records")); bar.update()
         run("all", 1.0, None)
         for keep in keeps:
@@ -284,14 +287,15 @@ def frontier(model, blocks, tasks: list, dk, seed: int = 0, spec=None, progress:
                     run(ts.name, keep, ts); run("task_static_other", keep, ts.other())
                 else: raise SdlmsError(f"unknown dynamic-k method {m!r}")
     bar.close()
-    df = speed_columns(pd.DataFrame(rows), model, P, dk.predictor_rank)
-    return df[["method", "keep", "seed", "task", *[c for c in df.columns if c not in ("method", "keep", "seed", "task")]]]
+    df = speed_columns(pd.DataFrame(rows), model, P, dk.predictor_rank).assign(layers=f"all {len(P)}")
+    return df[["layers", "method", "keep", "seed", "task", *[c for c in df.columns if c not in ("layers", "method", "keep", "seed", "task")]]]
 
 # %% ../nbs/21_dynamic_k.ipynb #af0b0d21
 def frontier_summary(df):
     "Mean and sd over seeds, all tasks together, per method and keep: quality, and speed where `df` has it."
     a = df[df.task == "all"]
-    cols = ["keep_realised", "ppl_dense", "ppl_sparse", "kl", "top1", "ideal_mlp_speedup", "ideal_speedup", "tokens_per_s", "speedup"]
+    cols = ["keep_realised", "ppl_dense", "ppl_sparse", "kl", "top1", "recall", "precision", "ideal_mlp_speedup", "ideal_speedup",
+            "tokens_per_s", "speedup"]
     g = a.groupby(["method", "keep"], sort=False)[[c for c in cols if c in a]]
     out = g.mean().join(g.std(ddof=0).add_suffix("_sd")).reset_index()
     return out.sort_values(["method", "keep"], ascending=[True, False], ignore_index=True)

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -20,7 +21,7 @@ import yaml
 from .core import SdlmsError, append_jsonl, hash_json, package_versions, repo_root, write_json
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
-from .runs import find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug
+from .runs import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug
 
 # %% auto #0
 __all__ = ['STAGES', 'TRAIN', 'KERNEL', 'Stage', 'stages_dir', 'Job', 'plan', 'ensure_kernel', 'kernel_env', 'execute_stage',
@@ -225,6 +226,42 @@ def execute_job(job: Job, # the job to run
     return {"stage": job.rel, "model": job.model, "seconds": round(time.perf_counter() - t0, 2),
             **{k: info[k] for k in ("params", "steps", "final_loss") if k in info}}
 
+# %% ../nbs/28_runner.ipynb #c6de3eea
+def _worker_init():
+    """Set up a worker process: SIGTERM kills its children (the stage's notebook kernel) and then itself; Ctrl-C is left
+    to the parent; on Linux it gets SIGTERM when the parent dies (`PR_SET_PDEATHSIG`)."""
+    import multiprocessing as mp
+    def down(signum=None, frame=None):
+        try:
+            import psutil
+            for c in psutil.Process().children(recursive=True): c.kill()
+        finally: os._exit(143)
+    signal.signal(signal.SIGTERM, down)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try: ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))       # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError): pass
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid: down()                # the parent died before that
+
+def _stop_workers(ex, grace: float = 10.0):
+    "Terminate the worker processes of a `ProcessPoolExecutor` (each kills its kernel first); kill any left after `grace` s."
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for pr in procs:
+        if pr.is_alive(): pr.terminate()
+    for pr in procs:
+        pr.join(grace)
+        if pr.is_alive(): pr.kill()
+    ex.shutdown(wait=False, cancel_futures=True)
+
+def _sigterm_as_interrupt():
+    "In the main thread, make SIGTERM raise KeyboardInterrupt (as Ctrl-C); returns the handler it replaced (None elsewhere)."
+    import threading
+    if threading.current_thread() is not threading.main_thread(): return None
+    def interrupt(signum, frame): raise KeyboardInterrupt
+    return signal.signal(signal.SIGTERM, interrupt)
+
 # %% ../nbs/28_runner.ipynb #15b6ae23
 def run(params=None, # a params YAML path, a name from `params/`, or a dict; None with `resume`
         resume=None, # a run folder or run name to complete
@@ -237,27 +274,26 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
     """Create a new run from `params` (a YAML path or a dict) or complete the run `resume`. Jobs run in `workers`
     processes as their inputs become ready (`plan`, `run_jobs`): the real model's capture can run while the micro-suite
     trains, and one model's SAEs while another model captures. `stop_after` runs only the stages up to that key
-    (e.g. 'capture'), leaving the run resumable."""
-    import multiprocessing as mp
-    from dataclasses import asdict
-    from tqdm import tqdm
-    from sdlms.suite import drain_progress, is_trained
+    (e.g. 'capture'), leaving the run resumable. The run folder is locked meanwhile (`RunLock`); Ctrl-C or SIGTERM stop
+    the workers and their notebook kernels, and so does the death of this process, however it ends."""
     if (params is None) == (resume is None): raise SdlmsError("give either a params file or --resume <run>")
     keys = [s.key for s in STAGES]
     if stop_after is not None and stop_after not in keys:
         raise SdlmsError(f"stop_after: unknown stage {stop_after!r}; stages: {', '.join(keys)}")
     if resume is not None:
         run_dir = find_run(resume)
-        st = run_status(run_dir)
-        if st.get("status") == "complete":
-            raise SdlmsError(f"run {run_dir.name} is complete and is never overwritten; start a new run with `sdlms run <params>`")
-        p = parse_params(yaml.safe_load((run_dir / "params.yaml").read_text()))
-        facts = check_models(p)
-        log(f"resuming {run_dir}")
-    else:
-        p = load_params(params) if not isinstance(params, dict) else parse_params(params)   # validate before compute
-        facts = check_models(p)   # every model's architecture (hub ids too) against layers, block_size and SAE sizes
-        run_dir = new_run_dir(p.name)
+        with RunLock(run_dir):                     # one process per run: a second resume fails here, naming the holder
+            st = run_status(run_dir)
+            if st.get("status") == "complete":
+                raise SdlmsError(f"run {run_dir.name} is complete and is never overwritten; start a new run with `sdlms run <params>`")
+            p = parse_params(yaml.safe_load((run_dir / "params.yaml").read_text()))
+            facts = check_models(p)
+            log(f"resuming {run_dir}")
+            return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log)
+    p = load_params(params) if not isinstance(params, dict) else parse_params(params)   # validate before compute
+    facts = check_models(p)   # every model's architecture (hub ids too) against layers, block_size and SAE sizes
+    run_dir = new_run_dir(p.name)
+    with RunLock(run_dir):
         (run_dir / "params.yaml").write_text(yaml.safe_dump(params_dict(p), sort_keys=False))
         write_json(run_dir / "run.json", {"name": p.name, "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
                                           "config_hash": hash_json(params_dict(p)),
@@ -266,6 +302,17 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
         append_jsonl(run_dir / "meta.jsonl", {"event": "run", "run": run_dir.name, "config": params_dict(p),
                                               "config_hash": hash_json(params_dict(p)), "seed": p.seed, "versions": package_versions()})
         log(f"new run {run_dir}")
+        return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log)
+
+
+def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log) -> Path:
+    "The jobs of a locked run folder (`run`'s body after its params are known)."
+    import multiprocessing as mp
+    from dataclasses import asdict
+    from multiprocessing.managers import SyncManager
+    from tqdm import tqdm
+    from sdlms.suite import drain_progress, is_trained
+    keys = [s.key for s in STAGES]
     workers = workers or p.workers
     jobs = plan(p, facts)
     if stop_after is not None:   # the suite's training belongs to the suite stage
@@ -290,14 +337,23 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
         if j.stage.key == "specialization": merge_specialization(run_dir)
         if j.model is not None or j.stage.key != "train": log(f"  done {info['stage']} in {info['seconds']:.1f} s")
     ctx = mp.get_context("spawn")
-    man = ctx.Manager() if to_train and progress else None
+    man = SyncManager(ctx=ctx) if to_train and progress else None
+    if man: man.start(_worker_init)
     q = man.Queue() if man else None
     tbars = {j.model[len("micro-"):]: tqdm(total=1, desc=f"train {j.model}", unit="step", disable=not progress) for j in to_train}
+    old = _sigterm_as_interrupt()
     try:
-        with ProcessPoolExecutor(max(1, workers), mp_context=ctx) as ex:
-            run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None),
-                     workers, is_done, on_done, priority=lambda js: job_priority(js, facts), poll=lambda: drain_progress(q, tbars))
+        with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_worker_init) as ex:
+            try:
+                run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None),
+                         workers, is_done, on_done, priority=lambda js: job_priority(js, facts), poll=lambda: drain_progress(q, tbars))
+            except BaseException:
+                _stop_workers(ex); raise
+    except KeyboardInterrupt:
+        raise SdlmsError(f"interrupted: the workers and their notebook kernels are stopped; unfinished stages stay in .partial "
+                         f"folders, which nothing reads; complete the run with `sdlms run --resume {run_dir.name}`") from None
     finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
         for b in [bar, *tbars.values()]: b.close()
         if man: man.shutdown()
     if len(jobs) < len(plan(p, facts)):

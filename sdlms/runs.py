@@ -19,7 +19,7 @@ from .config import RunParams
 from .params import load_params, params_dict, parse_params
 
 # %% auto #0
-__all__ = ['slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'merge_csv', 'merge_sparsity',
+__all__ = ['slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock', 'merge_csv', 'merge_sparsity',
            'merge_specialization', 'StageContext', 'stage_context', 'resolve_model']
 
 # %% ../nbs/25_runs.ipynb #f50a4d0a
@@ -65,6 +65,27 @@ def find_run(ref, # a path to a run folder, or a folder name under `artifacts_ro
     if (q / "run.json").exists(): return q.resolve()
     have = sorted(x.parent.name for x in artifacts_root().glob("*/run.json")) if artifacts_root().exists() else []
     raise SdlmsError(f"no run {str(ref)!r}; runs under {artifacts_root()}: {', '.join(have[-10:]) or 'none'}")
+
+# %% ../nbs/25_runs.ipynb #c07e1db3
+class RunLock:
+    "Exclusive lock on a run folder for the process writing it: `with RunLock(run_dir): ...` (an error names the holder)."
+    def __init__(self, run_dir): self.path, self.f = Path(run_dir) / ".lock", None
+
+    def __enter__(self):
+        import fcntl, socket
+        f = open(self.path, "a+")
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0); who = f.read().strip() or "another process"; f.close()
+            raise SdlmsError(f"run {self.path.parent.name} is being written by {who}; wait for it to finish or stop it, "
+                             f"then complete the run with `sdlms run --resume {self.path.parent.name}`") from None
+        f.seek(0); f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now().isoformat(timespec='seconds')}"); f.flush()
+        self.f = f
+        return self
+
+    def __exit__(self, *exc):
+        self.f.truncate(0); self.f.close(); self.f = None
 
 # %% ../nbs/25_runs.ipynb #c3c1840d
 def merge_csv(run_dir, # the run folder
