@@ -158,7 +158,8 @@ def execute_stage(notebook: str, # file name in `nbs/stages/`
     secs = time.perf_counter() - t0
     meta = json.loads((part / "meta.json").read_text()) if (part / "meta.json").exists() else {}
     os.replace(part, final)
-    return {**meta, "stage": out_rel, "notebook": notebook, "model": model, "seconds": round(secs, 2)}
+    import socket
+    return {**meta, "stage": out_rel, "notebook": notebook, "model": model, "seconds": round(secs, 2), "node": socket.gethostname()}
 
 # %% ../nbs/28_runner.ipynb #b138ca7e
 def job_priority(jobs: list, # the ready jobs

@@ -19,8 +19,8 @@ from .config import RunParams
 from .params import load_params, params_dict, parse_params
 
 # %% auto #0
-__all__ = ['slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock', 'merge_csv', 'merge_sparsity',
-           'merge_specialization', 'StageContext', 'stage_context', 'resolve_model']
+__all__ = ['slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock', 'job_table', 'merge_csv',
+           'merge_sparsity', 'merge_specialization', 'StageContext', 'stage_context', 'resolve_model']
 
 # %% ../nbs/25_runs.ipynb #f50a4d0a
 def slug(model: str, # a model spec: micro-suite name, packaged name, hub id or local path
@@ -86,6 +86,38 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.f.truncate(0); self.f.close(); self.f = None
+
+    @staticmethod
+    def holder(run_dir) -> str | None:
+        "Who holds the lock of `run_dir` now, as its lock file says; None when nobody does."
+        import fcntl
+        path = Path(run_dir) / ".lock"
+        if not path.exists(): return None
+        with open(path, "a+") as f:
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError: f.seek(0); return f.read().strip() or "another process"
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+# %% ../nbs/25_runs.ipynb #5751901d
+def job_table(run_dir, # a run folder
+             ):
+    "Every job of the run's plan with its state, seconds, node, executed notebook (its log) and output folder (a DataFrame)."
+    import pandas as pd
+    run_dir = Path(run_dir); st = run_status(run_dir); held = RunLock.holder(run_dir) is not None
+    meta = {}
+    if (run_dir / "meta.jsonl").exists():
+        for line in (run_dir / "meta.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r.get("event") == "stage": meta[r["stage"]] = r
+    rows = []
+    for rel in st.get("stages", []):
+        d = run_dir / rel; part = d.with_name(d.name + ".partial"); m = meta.get(rel, {})
+        state, where = ("done", d) if d.exists() else (("running" if held else "stopped"), part) if part.exists() else ("pending", None)
+        nb = next(iter(sorted(where.glob("*.ipynb"))), None) if where else None
+        secs = m.get("seconds") if state == "done" else round(time.time() - part.stat().st_mtime, 1) if state == "running" else None
+        rows.append({"job": rel, "state": state, "seconds": secs, "node": m.get("node"), "log": str(nb or ""), "artifacts": str(where or "")})
+    return pd.DataFrame(rows, columns=["job", "state", "seconds", "node", "log", "artifacts"])
 
 # %% ../nbs/25_runs.ipynb #c3c1840d
 def merge_csv(run_dir, # the run folder
