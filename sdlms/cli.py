@@ -66,7 +66,7 @@ def main(argv=None, # the arguments after the program name; None: `sys.argv[1:]`
         elif a.cmd == "status":
             from sdlms.runs import RunLock, find_run, job_table, run_status
             d = find_run(a.run); t = job_table(d); who = RunLock.holder(d)
-            print(f"{d.name}: {run_status(d).get('status')}" + (f", being written by {who}" if who else "") + " | "
+            print(f"{d}: {run_status(d).get('status')}" + (f", being written by {who}" if who else "") + " | "
                   + ", ".join(f"{v} {k}" for k, v in t.state.value_counts().items()))
             import pandas as pd
             with pd.option_context("display.max_colwidth", None, "display.width", 250): print(t.fillna("").to_string(index=False))

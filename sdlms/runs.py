@@ -102,7 +102,7 @@ class RunLock:
 # %% ../nbs/25_runs.ipynb #5751901d
 def job_table(run_dir, # a run folder
              ):
-    "Every job of the run's plan with its state, seconds, node, executed notebook (its log) and output folder (a DataFrame)."
+    "Every job of the run's plan with its state, seconds, node, executed notebook (its log) and output folder, relative to `run_dir` (a DataFrame)."
     import pandas as pd
     run_dir = Path(run_dir); st = run_status(run_dir); held = RunLock.holder(run_dir) is not None
     meta = {}
@@ -116,7 +116,8 @@ def job_table(run_dir, # a run folder
         state, where = ("done", d) if d.exists() else (("running" if held else "stopped"), part) if part.exists() else ("pending", None)
         nb = next(iter(sorted(where.glob("*.ipynb"))), None) if where else None
         secs = m.get("seconds") if state == "done" else round(time.time() - part.stat().st_mtime, 1) if state == "running" else None
-        rows.append({"job": rel, "state": state, "seconds": secs, "node": m.get("node"), "log": str(nb or ""), "artifacts": str(where or "")})
+        rel_ = lambda x: str(x.relative_to(run_dir)) if x else ""          # paths relative to the run folder
+        rows.append({"job": rel, "state": state, "seconds": secs, "node": m.get("node"), "log": rel_(nb), "artifacts": rel_(where)})
     return pd.DataFrame(rows, columns=["job", "state", "seconds", "node", "log", "artifacts"])
 
 # %% ../nbs/25_runs.ipynb #c3c1840d
