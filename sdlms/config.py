@@ -13,9 +13,10 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'CaptureConfig',
-           'SuiteParams', 'SpecParams', 'DynamicKParams', 'spec_default', 'merge_overrides', 'RunParams', 'describe',
-           'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
+__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F',
+           'CaptureConfig', 'SuiteParams', 'SpecParams', 'DynamicKParams', 'ExecutorParams', 'spec_default',
+           'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params',
+           'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -119,6 +120,21 @@ class DynamicKParams:
                           "active on, the specialization stage's activity definition) or 'magnitude' (mean |h| on the task's tokens)")
     time_decode: bool = F(True, (bool,), "time every decoded token against a dense torch step interleaved with it (tokens/s, speedup)")
 
+# %% ../nbs/02_config.ipynb #2a51b9bc
+EXECUTORS = ("local", "submitit_local", "slurm")   # where a run's jobs execute (`sdlms.executors`)
+RESOURCE_KEYS = ("cpus", "gpus", "mem_gb", "time_min")   # per-stage resources of submitit jobs
+
+@dataclass
+class ExecutorParams:
+    "Where a run's jobs execute: this machine's process pool, submitit's local executor, or a Slurm cluster through submitit."
+    kind: str = F("local", (str,), "'local' (a process pool of `workers`), 'submitit_local' (each job a submitit local job: "
+                  "Slurm's code path without Slurm) or 'slurm' (each job a Slurm job through submitit)", list(EXECUTORS))
+    partition: object = F(None, (str, type(None)), "Slurm partition to submit to (kind slurm)")
+    resources: dict = F({}, (dict,), "per stage key (train, suite, capture, sae, specialization, dynamic_k, scaling, sae_summary) "
+                        "or 'default': {cpus, gpus, mem_gb, time_min}; Slurm needs cpus, mem_gb and time_min for every stage run")
+    slurm_extra: dict = F({}, (dict,), "further sbatch options (submitit's slurm_additional_parameters, e.g. {account: a, qos: q})")
+    max_jobs: int = F(0, (int,), "most jobs submitted at once; 0: `workers` (local kinds) or no limit (slurm)")
+
 # %% ../nbs/02_config.ipynb #146dbbcb
 def spec_default(name: str):
     "The default of `SpecParams` field `name`: library functions use it where their caller passes no value."
@@ -159,6 +175,7 @@ class RunParams:
     capture: CaptureConfig = field(default_factory=CaptureConfig, metadata={"help": "capture + sparsity stage settings"})
     specialization: SpecParams = field(default_factory=SpecParams, metadata={"help": "specialization (SI), modularity (Q) and ablation stage settings"})
     dynamic_k: DynamicKParams = field(default_factory=DynamicKParams, metadata={"help": "dynamic-k stage settings: selection methods, keeps, quality protocol"})
+    executor: ExecutorParams = field(default_factory=ExecutorParams, metadata={"help": "where the jobs execute: local pool, submitit local, Slurm"})
     overrides: dict = F({}, (dict,), "per-model settings, {model: {key: value}}: a model of `models` gets its own " +
                         ", ".join(OVERRIDE_KEYS) + " (capture, sae and specialization merged key by key over the run's)")
 

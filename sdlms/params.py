@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, repo_root
-from .config import DK_METHODS, DK_STATIC_SCORES, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
+from .config import DK_METHODS, DK_STATIC_SCORES, RESOURCE_KEYS, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
 from .data import load_manifest
 from .models import SIZES, model_name
 
@@ -136,6 +136,11 @@ def validate(p: RunParams, # the params built by `build_section`
         if dk.predictor_ridge < 0: errors.append(f"dynamic_k.predictor_ridge: must be >= 0, got {dk.predictor_ridge}")
         if dk.static_score not in DK_STATIC_SCORES:
             errors.append(f"dynamic_k.static_score: {dk.static_score!r}; choose from {list(DK_STATIC_SCORES)}")
+    stage_keys = ("default", "train", "suite", "capture", "sae", "specialization", "dynamic_k", "scaling", "sae_summary")
+    for k, r in (p.executor.resources or {}).items():
+        if k not in stage_keys: errors.append(f"executor.resources.{k}: unknown stage; use one of {list(stage_keys)}")
+        elif not isinstance(r, dict) or set(r) - set(RESOURCE_KEYS) or any(not isinstance(v, (int, float)) or v < 0 for v in r.values()):
+            errors.append(f"executor.resources.{k}: must map some of {list(RESOURCE_KEYS)} to numbers >= 0, got {r!r}")
     s = p.suite
     for k in ("train_tokens", "seq_len", "batch_size", "vocab_size", "tokenizer_chars"):
         if getattr(s, k) < 1: errors.append(f"suite.{k}: must be >= 1, got {getattr(s, k)}")

@@ -105,11 +105,12 @@ def job_table(run_dir, # a run folder
     "Every job of the run's plan with its state, seconds, node, executed notebook (its log) and output folder, relative to `run_dir` (a DataFrame)."
     import pandas as pd
     run_dir = Path(run_dir); st = run_status(run_dir); held = RunLock.holder(run_dir) is not None
-    meta = {}
+    meta, sub = {}, {}
     if (run_dir / "meta.jsonl").exists():
         for line in (run_dir / "meta.jsonl").read_text().splitlines():
             r = json.loads(line)
             if r.get("event") == "stage": meta[r["stage"]] = r
+            if r.get("event") == "submitted": sub[r["stage"]] = r             # a submitit job (local or Slurm)
     rows = []
     for rel in st.get("stages", []):
         d = run_dir / rel; part = d.with_name(d.name + ".partial"); m = meta.get(rel, {})
@@ -117,8 +118,10 @@ def job_table(run_dir, # a run folder
         nb = next(iter(sorted(where.glob("*.ipynb"))), None) if where else None
         secs = m.get("seconds") if state == "done" else round(time.time() - part.stat().st_mtime, 1) if state == "running" else None
         rel_ = lambda x: str(x.relative_to(run_dir)) if x else ""          # paths relative to the run folder
-        rows.append({"job": rel, "state": state, "seconds": secs, "node": m.get("node"), "log": rel_(nb), "artifacts": rel_(where)})
-    return pd.DataFrame(rows, columns=["job", "state", "seconds", "node", "log", "artifacts"])
+        s = sub.get(rel, {}); log = rel_(nb) or (s.get("stdout") or "")
+        rows.append({"job": rel, "state": state, "seconds": secs, "node": m.get("node"), "job_id": s.get("job_id"), "log": log,
+                     "artifacts": rel_(where)})
+    return pd.DataFrame(rows, columns=["job", "state", "seconds", "node", "job_id", "log", "artifacts"])
 
 # %% ../nbs/25_runs.ipynb #c3c1840d
 def merge_csv(run_dir, # the run folder
