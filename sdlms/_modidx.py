@@ -176,6 +176,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'sdlms.executors._remote': ('executors.html#_remote', 'sdlms/executors.py'),
                                  'sdlms.executors._unwrap': ('executors.html#_unwrap', 'sdlms/executors.py'),
                                  'sdlms.executors.check_executor': ('executors.html#check_executor', 'sdlms/executors.py'),
+                                 'sdlms.executors.gpu_ids': ('executors.html#gpu_ids', 'sdlms/executors.py'),
                                  'sdlms.executors.stage_resources': ('executors.html#stage_resources', 'sdlms/executors.py'),
                                  'sdlms.executors.submitit_executor': ('executors.html#submitit_executor', 'sdlms/executors.py'),
                                  'sdlms.executors.worker_init': ('executors.html#worker_init', 'sdlms/executors.py')},

@@ -15,13 +15,19 @@ from .core import SdlmsError
 from .config import ExecutorParams, RESOURCE_KEYS
 
 # %% auto #0
-__all__ = ['worker_init', 'stage_resources', 'check_executor', 'submitit_executor', 'SubmititPool']
+__all__ = ['worker_init', 'gpu_ids', 'stage_resources', 'check_executor', 'submitit_executor', 'SubmititPool']
 
 # %% ../nbs/28_executors.ipynb #c3da2114
 def worker_init(sigint: str = "ignore", # 'ignore' (Ctrl-C is the parent's business) or 'kill' (SIGINT stops like SIGTERM)
+                gpus=None, # a queue of GPU ids (`gpu_ids`) to take one from: this process and its kernels see only it
                ):
-    "Set up a process that runs jobs: SIGTERM kills its children (notebook kernels) and itself; it dies with its parent (Linux)."
+    """Set up a process that runs jobs: SIGTERM kills its children (notebook kernels) and itself; it dies with its parent
+    (Linux); with `gpus`, it takes one GPU id for itself (`CUDA_VISIBLE_DEVICES`), or none (CPU) when they are all taken."""
     import multiprocessing as mp
+    import queue
+    if gpus is not None:
+        try: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get(timeout=0.5))
+        except queue.Empty: os.environ["CUDA_VISIBLE_DEVICES"] = ""
     def down(signum=None, frame=None):
         try:
             import psutil
@@ -35,6 +41,16 @@ def worker_init(sigint: str = "ignore", # 'ignore' (Ctrl-C is the parent's busin
         except (OSError, AttributeError): pass
     parent = mp.parent_process()
     if parent is not None and os.getppid() != parent.pid: down()                # the parent died before that
+
+# %% ../nbs/28_executors.ipynb #bf9b6807
+def gpu_ids() -> list:
+    "The GPUs jobs may use: the ids in `CUDA_VISIBLE_DEVICES` when it is set, else every device torch sees (none: [])."
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None: return [x.strip() for x in vis.split(",") if x.strip()]
+    try:
+        import torch
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception: return []
 
 # %% ../nbs/28_executors.ipynb #c9577f68
 def stage_resources(ex: ExecutorParams, # the run's executor settings

@@ -21,7 +21,7 @@ import yaml
 from .core import SdlmsError, append_jsonl, hash_json, package_versions, repo_root, write_json
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
-from .executors import SubmititPool, check_executor, worker_init
+from .executors import SubmititPool, check_executor, gpu_ids, worker_init
 from .runs import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug
 
 # %% auto #0
@@ -330,7 +330,10 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log) 
     old = _sigterm_as_interrupt()
     try:
         if local:
-            with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=worker_init) as ex:
+            gpus = gpu_ids(); gq = ctx.Queue() if gpus else None         # one GPU per worker while they last
+            for g in gpus: gq.put(g)
+            if gpus: log(f"  GPUs {', '.join(gpus)}: one per worker ({min(len(gpus), workers)} of {workers} workers)")
+            with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=worker_init, initargs=("ignore", gq)) as ex:
                 try:
                     run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None),
                              workers, is_done, on_done, priority=lambda js: job_priority(js, facts), poll=lambda: drain_progress(q, tbars))
