@@ -135,12 +135,12 @@ def decode(model, ids, n_new):
     "Greedy decode `n_new` tokens after the prompt `ids` with a KV cache; returns (seconds for the new tokens, tokens)."
     with torch.no_grad():
         o = model(input_ids=torch.tensor([ids]), use_cache=True)
-        past, nxt, out = o.past_key_values, o.logits[0, -1].argmax(), []
+        past, nxt, out = o.cache, o.logits[0, -1].argmax(), []
         t = time.perf_counter()
         for _ in range(n_new):
             out.append(int(nxt))
-            o = model(input_ids=nxt[None, None], past_key_values=past, use_cache=True)
-            past, nxt = o.past_key_values, o.logits[0, -1].argmax()
+            o = model(input_ids=nxt[None, None], cache=past, use_cache=True)
+            past, nxt = o.cache, o.logits[0, -1].argmax()
         return time.perf_counter() - t, out
 
 
@@ -187,6 +187,27 @@ def bench_e2e(name, model, rounds, n_new, keeps=(0.5, 0.3), rank=64, seed=0):
             "note": "prefill dense; every decode step's MLPs through the kernel; attention, embeddings and the LM head dense"}
 
 
+def real_quality(keeps=(0.5, 0.3), methods=("oracle", "threshold", "predictor", "teal")):
+    """The perplexity cost on the real model at `keeps`: the dynamic-k stage's own measurement (`sdlms.dynamic_k.frontier`,
+    TEAL's protocol) for SmolLM2-135M with the default params' probe blocks, one seed, untimed."""
+    import dataclasses
+    from sdlms.data import load_manifest, probe_blocks
+    from sdlms.dynamic_k import frontier, frontier_summary
+    from sdlms.models import load_model
+    from sdlms.params import load_params
+    p = load_params("default").for_model("smollm2-135m")
+    dk = dataclasses.replace(p.dynamic_k, keeps=[1.0, *keeps], seeds=1, methods=list(methods), time_decode=False)
+    lm, tok = load_model("smollm2-135m")
+    lm = lm.float().eval()
+    blocks = probe_blocks(tok, p.tasks, load_manifest(p.tasks_manifest), p.tokens_per_task, p.block_size, p.seed)
+    s = frontier_summary(frontier(lm, blocks, p.tasks, dk, seed=p.seed, spec=p.specialization))
+    return {"model": "smollm2-135m (packaged weights)", "tasks": p.tasks, "decoded_tokens": int(len(p.tasks) * dk.eval_blocks_per_task * p.block_size // 2),
+            "ppl_dense": round(float(s.ppl_dense.iloc[0]), 3),
+            "rows": [{"method": r.method, "keep": r.keep, "keep_realised": round(r.keep_realised, 3), "ppl_sparse": round(r.ppl_sparse, 3),
+                      "ppl_ratio": round(r.ppl_sparse / r.ppl_dense, 3), "kl": round(r.kl, 4), "top1": round(r.top1, 3)}
+                     for r in s.itertuples() if r.method != "all"]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 rounds, 4 calls per layer, 256 MB per path")
@@ -195,6 +216,7 @@ def main():
     ap.add_argument("--calls-per-layer", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=24, help="decoded tokens per end-to-end measurement")
     ap.add_argument("--skip-e2e", action="store_true", help="MLP blocks only")
+    ap.add_argument("--skip-quality", action="store_true", help="no perplexity cost on the real model")
     a = ap.parse_args()
     if a.quick: a.rounds, a.min_mb, a.calls_per_layer, a.new_tokens = 2, 256, 4, 8
     torch.set_num_threads(1)
@@ -231,6 +253,14 @@ def main():
         out["e2e_speedup_50"] = out["e2e"]["pythia410m"]["speedup"]["predictor_keep0.5"]
         out["e2e_speedup_30"] = out["e2e"]["pythia410m"]["speedup"]["predictor_keep0.3"]
         out["e2e_speedup_50_teal"] = out["e2e"]["pythia410m"]["speedup"]["teal_keep0.5"]
+    if not a.skip_quality:
+        t0 = time.perf_counter()
+        try:
+            out["quality_smollm2"] = q = real_quality()
+            for r in q["rows"]: out[f"ppl_ratio_{round(r['keep'] * 100)}_smollm2_{r['method']}"] = r["ppl_ratio"]
+        except Exception as e:
+            out["quality_smollm2"] = {"skipped": f"{type(e).__name__}: {e}"}
+        print(f"quality smollm2: {time.perf_counter() - t0:.0f} s")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "dynamic_k.json").write_text(json.dumps(out, indent=1))
     lines = ["| shape | method | dtype | keep | weights read | us/call | dense fp32 us | speedup | ideal | fraction of ideal | kernel scaling |",
@@ -244,6 +274,11 @@ def main():
             md += (f"\nEnd-to-end greedy decode, {e['model']} ({e['new_tokens']} new tokens, batch 1; predictor rank {e['predictor_rank']}, "
                    f"its cost included): " + ", ".join(f"{w} {v} tok/s ({e['speedup'][w]:.2f}x)" for w, v in e["tokens_per_s"].items()) + "\n")
         else: md += f"\nEnd-to-end {k}: {e['skipped']}\n"
+    q = out.get("quality_smollm2", {})
+    if "rows" in q:
+        md += (f"\nPerplexity cost on {q['model']} (the dynamic-k stage's protocol, {q['decoded_tokens']} decoded tokens; dense {q['ppl_dense']}): "
+               + ", ".join(f"{r['method']}@{r['keep']:g} {r['ppl_sparse']} (x{r['ppl_ratio']:.2f})" for r in q["rows"]) + "\n")
+    elif q: md += f"\nPerplexity cost: {q['skipped']}\n"
     (HERE / "results" / "dynamic_k.md").write_text(md)
     print(md)
 

@@ -14,8 +14,8 @@ from .sites import decoder_layers
 from .sparse_mlp import LowRankSelector, PackedMLP, SparseMLPs, TealMLP
 
 # %% auto #0
-__all__ = ['SPEED_PATH', 'check_keep', 'calib_rows', 'mlp_inputs', 'layer_scores', 'OracleTopK', 'Thresholds', 'fit_lowrank',
-           'fit_predictor', 'fit_teal', 'TaskSets', 'selection_recall', 'decode_quality', 'weights_read',
+__all__ = ['SPEED_PATH', 'TIMED_COLS', 'check_keep', 'calib_rows', 'mlp_inputs', 'layer_scores', 'OracleTopK', 'Thresholds',
+           'fit_lowrank', 'fit_predictor', 'fit_teal', 'TaskSets', 'selection_recall', 'decode_quality', 'weights_read',
            'speed_columns', 'frontier', 'frontier_summary']
 
 # %% ../nbs/21_dynamic_k.ipynb #b7c2aed1
@@ -236,18 +236,18 @@ def decode_quality(model, # a Hugging Face causal LM, float32
         task = tasks[int(task_B[b])]
         if hasattr(select, "for_task"): select.for_task(task)            # a static set per prompt, from its task
         x = torch.as_tensor(ids, dtype=torch.long)[None]
-        past_d = model(input_ids=x[:, :prefix - 1], use_cache=True).past_key_values      # prefills: several tokens, dense
-        past_s = model(input_ids=x[:, :prefix - 1], use_cache=True).past_key_values
+        past_d = model(input_ids=x[:, :prefix - 1], use_cache=True).cache      # prefills: several tokens, dense
+        past_s = model(input_ids=x[:, :prefix - 1], use_cache=True).cache
         n0, ld, ls, sec = len(sw.kept), [], [], [0.0, 0.0]
         for p in range(prefix - 1, T - 1):                # one token at a time; the step at p predicts ids[p + 1]
             t0 = perf_counter()
-            o = model(input_ids=x[:, p:p + 1], past_key_values=past_d, use_cache=True)
-            t1 = perf_counter(); past_d = o.past_key_values; ld.append(o.logits[0, -1])
+            o = model(input_ids=x[:, p:p + 1], cache=past_d, use_cache=True)
+            t1 = perf_counter(); past_d = o.cache; ld.append(o.logits[0, -1])
             with sw:
                 t2 = perf_counter()
-                o = model(input_ids=x[:, p:p + 1], past_key_values=past_s, use_cache=True)
+                o = model(input_ids=x[:, p:p + 1], cache=past_s, use_cache=True)
                 t3 = perf_counter()
-            past_s = o.past_key_values; ls.append(o.logits[0, -1])
+            past_s = o.cache; ls.append(o.logits[0, -1])
             sec[0] += t1 - t0; sec[1] += t3 - t2
         dense, sparse = (torch.log_softmax(torch.stack(v).float(), -1) for v in (ld, ls))
         tgt = torch.as_tensor(ids[prefix:], dtype=torch.long)
@@ -283,6 +283,7 @@ def weights_read(kind: str, # 'gelu' or 'swiglu'
 
 # %% ../nbs/21_dynamic_k.ipynb #7a5c7f25
 SPEED_PATH = "batch-1 decode: fused sparse numba kernels, fp32; prefill dense"   # what the speed columns measured
+TIMED_COLS = ("tokens_per_s", "tokens_per_s_dense", "speedup", "ideal_fraction")  # wall-clock measurements: differ run to run
 
 def speed_columns(df, # `decode_quality` rows with `method` (and `keep_realised`, `tokens`)
                   model, # the model they decoded (its non-MLP weights are read in full)

@@ -9,12 +9,12 @@ import yaml
 
 from sdlms.core import SdlmsError, read_jsonl
 from sdlms.runs import run_status
+from sdlms.dynamic_k import TIMED_COLS as DK_TIMED
 from sdlms.runner import execute_stage, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "params" / "smoke.yaml")
 quiet = dict(progress=False, log=lambda *a: None)
-DK_TIMED = ("tokens_per_s", "tokens_per_s_dense", "speedup", "ideal_fraction")   # measured decode speed
 
 
 def test_smoke_run_outputs(smoke_run):
