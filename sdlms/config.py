@@ -116,8 +116,9 @@ class DynamicKParams:
     eval_blocks_per_task: int = F(2, (int,), "probe blocks per task decoded per seed (dense prefill of half, the rest one token at a time)")
     predictor_rank: int = F(64, (int,), "rank of the low-rank predictor")
     predictor_ridge: float = F(1e-3, (int, float), "ridge penalty of the predictor's fit (times the calibration tokens)")
-    static_score: str = F("rate", (str,), "how task_static ranks a task's neurons: 'rate' (share of the task's tokens a neuron is "
-                          "active on, the specialization stage's activity definition) or 'magnitude' (mean |h| on the task's tokens)")
+    static_score: str = F("magnitude", (str,), "how task_static ranks a task's neurons: 'magnitude' (mean |h| on the task's tokens; on "
+                          "SmolLM2 far better than 'rate') or 'rate' (share of the task's tokens a neuron is "
+                          "active on, the specialization stage's activity definition)")
     time_decode: bool = F(True, (bool,), "time every decoded token against a dense torch step interleaved with it (tokens/s, speedup)")
 
 # %% ../nbs/02_config.ipynb #2a51b9bc

@@ -160,7 +160,7 @@ class TaskSets:
             task_N, # the task of each calibration token, indices into `tasks`
             tasks: list, # task names
             keep: float, # share of each layer's neurons in a task's set
-            score: str = "rate", # 'rate' (share of the task's tokens a neuron is active on) or 'magnitude' (mean |h|)
+            score: str = "magnitude", # 'magnitude' (mean |h|) or 'rate' (share of the task's tokens a neuron is active on)
             active: str = "topq", # activity definition for 'rate' (`activity.ACTIVE_DEFS`)
             q: float = 0.1, # share of tokens a neuron is active on under 'topq'
            ):
