@@ -107,10 +107,13 @@ def write_json(path, # target file
                obj, # JSON-serialisable object
                indent: int = 2, # indentation of the output
               ):
-    "Write `obj` as JSON atomically (temp file, then rename over `path`)."
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    "Write `obj` as JSON atomically (a temp file of this process and thread, then renamed over `path`)."
+    import threading
+    path = Path(path); tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")   # two writers never share one
+    try:
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #9adf7ad0
 def append_jsonl(path, obj):
