@@ -69,7 +69,12 @@ def plan(p: RunParams, # the run's validated params
     """The jobs of a run (`Job`s, in stage order) with their dependencies: training each micro-suite size, then the
     suite notebook, then per model its capture, per site (model and layer: from `facts`, the `check_models` result;
     none without it) its SAE stage and its specialization stage (after the site's SAEs, whose features it analyses),
-    then the per-run stages after everything they read."""
+    then the per-run stages after everything they read. Two models whose output folders would coincide are refused."""
+    by_slug = {}
+    for m in p.models: by_slug.setdefault(slug(m), []).append(m)
+    clash = [ms for ms in by_slug.values() if len(ms) > 1]
+    if clash: raise SdlmsError("models whose output folders would coincide: " + "; ".join(" and ".join(map(repr, ms)) + f" (both {slug(ms[0])!r})"
+                               for ms in clash) + "; name one of them by another path (a symlink, say)")
     jobs, sites = [], {}
     has_suite = bool(p.micro_sizes())
     for m in p.models:
@@ -276,6 +281,7 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
             return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log)
     p = load_params(params) if not isinstance(params, dict) else parse_params(params)   # validate before compute
     facts = check_models(p)   # every model's architecture (hub ids too) against layers, block_size and SAE sizes
+    plan(p, facts)            # its own checks, before a run folder exists
     run_dir = new_run_dir(p.name)
     with RunLock(run_dir):
         (run_dir / "params.yaml").write_text(yaml.safe_dump(params_dict(p), sort_keys=False))
