@@ -112,7 +112,9 @@ def ensure_kernel(name: str = KERNEL, # kernelspec name
                  ) -> str:
     "Install a kernelspec `name` for this interpreter into `sys.prefix` unless one already points here."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--IPKernelApp.log_level=ERROR"]
+    # CRITICAL: jupyter_client interrupts every kernel it shuts down, and ipykernel logs that as an ERROR
+    # ("KeyboardInterrupt caught in kernel") after every stage; a stage's real errors are in its executed notebook
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--IPKernelApp.log_level=CRITICAL"]
     try:
         spec = KernelSpecManager().get_kernel_spec(name)
         if spec.argv == argv: return name
