@@ -335,6 +335,7 @@ def frontier(model, # a Hugging Face causal LM, float32
         if not len(cal): raise SdlmsError("no probe blocks are left for calibration: lower dynamic_k.eval_blocks_per_task or raise tokens_per_task")
         X = mlp_inputs(model, blocks.ids_BT[cal], dk.calib_tokens, seed=s)
         task_N = np.repeat(blocks.task_B[cal], T)[calib_rows(len(cal) * T, dk.calib_tokens, s)]     # the tokens of X
+        pred = None
         Xh = mlp_inputs(model, blocks.ids_BT[ev], 256, seed=s)          # held-out tokens: selection recall and precision
         def run(method, keep, sel, packed=P):
             q = decode_quality(model, blocks.ids_BT[ev], blocks.task_B[ev], tasks, sel, packed, timed=dk.time_decode)
@@ -346,7 +347,9 @@ def frontier(model, # a Hugging Face causal LM, float32
             for m in dk.methods:
                 if m == "oracle": run(m, keep, OracleTopK(P, keep))
                 elif m == "threshold": run(m, keep, Thresholds.fit(P, X, keep))
-                elif m == "predictor": run(m, keep, fit_predictor(P, X, dk.predictor_rank, keep, dk.predictor_ridge))
+                elif m == "predictor":                    # the fit does not depend on keep: once per seed
+                    pred = pred or fit_predictor(P, X, dk.predictor_rank, keep, dk.predictor_ridge)
+                    run(m, keep, pred.with_keep(keep))
                 elif m == "teal": run(m, keep, None, fit_teal(TL, P, X, keep))
                 elif m == "task_static":
                     ts = TaskSets.fit(P, X, task_N, tasks, keep, dk.static_score, spec.active, spec.q)

@@ -71,14 +71,20 @@ class RunLock:
     "Exclusive lock on a run folder for the process writing it: `with RunLock(run_dir): ...` (an error names the holder)."
     def __init__(self, run_dir): self.path, self.f = Path(run_dir) / ".lock", None
 
+    @staticmethod
+    def _take(f) -> str | None:
+        "Lock the open lock file `f` without waiting: None when taken, else who holds it, as the file says."
+        import fcntl
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); return None
+        except OSError: f.seek(0); return f.read().strip() or "another process"
+
     def __enter__(self):
-        import fcntl, socket
+        import socket
         f = open(self.path, "a+")
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0); who = f.read().strip() or "another process"; f.close()
+        if who := self._take(f):
+            f.close()
             raise SdlmsError(f"run {self.path.parent.name} is being written by {who}; wait for it to finish or stop it, "
-                             f"then complete the run with `sdlms run --resume {self.path.parent.name}`") from None
+                             f"then complete the run with `sdlms run --resume {self.path.parent.name}`")
         f.seek(0); f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now().isoformat(timespec='seconds')}"); f.flush()
         self.f = f
@@ -90,14 +96,9 @@ class RunLock:
     @staticmethod
     def holder(run_dir) -> str | None:
         "Who holds the lock of `run_dir` now, as its lock file says; None when nobody does."
-        import fcntl
         path = Path(run_dir) / ".lock"
         if not path.exists(): return None
-        with open(path, "a+") as f:
-            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError: f.seek(0); return f.read().strip() or "another process"
-            fcntl.flock(f, fcntl.LOCK_UN)
-        return None
+        with open(path, "a+") as f: return RunLock._take(f)        # closing the file releases a lock taken here
 
 # %% ../nbs/26_runs.ipynb #5751901d
 def job_table(run_dir, # a run folder

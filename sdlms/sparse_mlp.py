@@ -353,3 +353,10 @@ class LowRankSelector:
         s = (x @ self.A[layer]) @ self.B[layer]
         if self.k >= self.d_mlp: return np.arange(self.d_mlp)
         return np.sort(np.argpartition(-s, self.k - 1)[:self.k])
+
+    def with_keep(self, keep: float, # share of neurons kept per token
+                 ) -> "LowRankSelector":
+        "The same predictor (weights shared, not copied) keeping another share."
+        sel = LowRankSelector(self.A, self.B, keep)          # contiguous float32 already: the arrays themselves
+        if hasattr(self, "name"): sel.name = self.name
+        return sel
