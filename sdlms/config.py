@@ -6,6 +6,8 @@
 from __future__ import annotations
 import copy
 import json
+import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .core import SdlmsError
@@ -14,9 +16,9 @@ from .corpus import GENERATORS
 
 # %% auto #0
 __all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F',
-           'CaptureConfig', 'SuiteParams', 'SpecParams', 'DynamicKParams', 'ExecutorParams', 'spec_default',
-           'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params',
-           'dict_size']
+           'split_revision', 'step_of', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'DynamicKParams',
+           'ExecutorParams', 'spec_default', 'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid',
+           'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -27,6 +29,22 @@ def F(default, # the default value (lists and dicts are copied per instance)
     "A dataclass field with accepted `types`, a `help` string and optional `choices`."
     kw = {"default_factory": (lambda d=default: copy.deepcopy(d))} if isinstance(default, (list, dict)) else {"default": default}
     return field(metadata={"types": types, "help": help, "choices": choices}, **kw)
+
+# %% ../nbs/02_config.ipynb #41ab5e23
+def split_revision(spec: str, # a model spec, optionally with `@<revision>`
+                  ) -> tuple:
+    """`(model, revision)` of a model spec: `EleutherAI/pythia-410m-deduped@step143000` gives the hub id and `step143000`
+    (passed to `from_pretrained(revision=...)`), `micro-s@step97` a micro-suite checkpoint; revision None without `@`.
+    A revision never holds a `/`, so a path with `@` in a folder name is left whole."""
+    base, sep, rev = str(spec).rpartition("@")
+    if not sep or not base or not rev or "/" in rev: return str(spec), None
+    return base, rev
+
+def step_of(revision, # a revision name, or None
+           ) -> int | None:
+    "Training step of a revision named `step<N>` (Pythia's and the micro-suite's convention); None for other names."
+    m = re.fullmatch(r"step(\d+)", str(revision or ""))
+    return int(m.group(1)) if m else None
 
 # %% ../nbs/02_config.ipynb #cf3975d7
 @dataclass
@@ -56,6 +74,18 @@ class SuiteParams:
     vocab_size: int = F(1024, (int,), "model vocabulary size")
     tokenizer_chars: int = F(200_000, (int,), "characters per task used to train the BPE")
     rotary_pct: float = F(1.0, (int, float), "share of head dims with rotary embeddings")
+    checkpoints: list = F([0.0, 0.0625, 0.125, 0.25, 0.5], (list,), "training checkpoints each model saves, as shares of its "
+                          "training in [0, 1) (0: the initial weights); each is a revision step<N> of the model, and so is the trained model")
+
+    def total_steps(self) -> int:
+        "Optimizer steps of each suite model: its training blocks (`sdlms.suite.training_blocks`, whole blocks per task) over `batch_size`."
+        per_task = max(1, math.ceil(self.train_tokens / len(GENERATORS) / self.seq_len))
+        return max(1, per_task * len(GENERATORS) // self.batch_size)
+
+    def checkpoint_steps(self) -> list:
+        "The steps of the saved checkpoints (`checkpoints` times `total_steps`), the trained model's last."
+        t = self.total_steps()
+        return sorted({int(round(f * t)) for f in self.checkpoints} | {t})
 
 # %% ../nbs/02_config.ipynb #1b18a6db
 @dataclass
@@ -167,6 +197,9 @@ class RunParams:
     tokens_per_task: int = F(2048, (int,), "probe tokens per task (equal for all tasks: balanced priors)")
     block_size: int = F(128, (int,), "probe block length in tokens")
     batch_size: int = F(16, (int,), "probe blocks per forward pass")
+    revisions: object = F([], (list, str), "training checkpoints: each model of `models` runs at each of these revisions as "
+                          "`<model>@<revision>`: hub branch names (Pythia's step143000), a micro-suite model's step<N>, or "
+                          "'checkpoints' for every checkpoint the micro-suite saves (its trained model included)")
     dtype: str = F("float32", (str,), "model dtype", ["float32", "bfloat16", "float16"])
     device: str = F("cpu", (str,), "torch device: cpu, cuda, or auto")
     workers: int = F(2, (int,), "parallel worker processes (suite training, per-model stages)")
@@ -182,7 +215,7 @@ class RunParams:
 
     def for_model(self, model: str) -> "RunParams":
         "The params as they apply to `model`: the run's settings with `overrides[model]` merged in."
-        o = (self.overrides or {}).get(model)
+        o = (self.overrides or {}).get(model) or (self.overrides or {}).get(split_revision(model)[0])   # a revision: its model's
         if not o: return self
         errors = []
         q = build_section(RunParams, merge_overrides(asdict(self), o), "", errors)
@@ -191,8 +224,9 @@ class RunParams:
 
 
     def micro_sizes(self) -> list:
-        "Suite sizes named in `models`."
-        return [m[len("micro-"):] for m in self.models if isinstance(m, str) and m.startswith("micro-")]
+        "Suite sizes named in `models` (each once, whatever its revisions)."
+        bases = [split_revision(m)[0] for m in self.models if isinstance(m, str) and m.startswith("micro-")]
+        return [b[len("micro-"):] for b in dict.fromkeys(bases)]
 
 # %% ../nbs/02_config.ipynb #251d4fd0
 def describe(cls=RunParams, # the dataclass to list

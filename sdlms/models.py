@@ -227,11 +227,23 @@ def model_source(spec: str) -> str:
     return f"local folder {src}" if is_local_model(src) else f"hub: {src}"
 
 # %% ../nbs/04_models.ipynb #434c11af
-def load_config(spec: str):
-    """The HF config of a local folder, hub id or packaged model name. Offline (hub unreachable) a hub id is looked up in
-    the local Hugging Face cache only, so an unreachable model fails in seconds with a message naming the fix."""
+def _split(spec: str) -> tuple:
+    "`(spec, revision)`: a local folder whole, else `sdlms.config.split_revision`."
+    from sdlms.config import split_revision
+    return (str(spec), None) if is_local_model(spec) else split_revision(spec)
+
+def load_config(spec: str, # local folder, hub id or packaged model name; a hub id may end in `@<revision>`
+               ):
+    """The HF config of a local folder, hub id or packaged model name; `<hub id>@<revision>` loads that revision (branch,
+    tag or commit: Pythia's training checkpoints are branches `step<N>`). Offline (hub unreachable) a hub id is looked up in
+    the local Hugging Face cache only, so an unreachable model or revision fails in seconds with a message naming the fix."""
     from transformers import AutoConfig
     from sdlms.data import hub_reachable
+    spec, rev = _split(spec)
+    at = f" at revision {rev!r}" if rev else ""
+    if rev and (spec in PACKAGED_MODELS or is_local_model(spec)):
+        raise SdlmsError(f"model {spec!r} has no revisions (a packaged model or local folder holds one set of weights); drop '@{rev}' "
+                         "or save each checkpoint into its own folder")
     spec = resolve_spec(spec)
     local = is_local_model(spec)
     p = Path(str(spec)).expanduser()
@@ -240,29 +252,32 @@ def load_config(spec: str):
                          f"save the model there with save_pretrained, or give a micro-suite name or hub id")
     online = local or hub_reachable()
     try: return AutoConfig.from_pretrained(str(Path(spec).expanduser()) if local else str(spec), trust_remote_code=False,
-                                           local_files_only=not online)
+                                           local_files_only=not online, revision=rev)
     except Exception as e:
         if not online:
-            raise SdlmsError(f"model {spec!r}: the Hugging Face hub cannot be reached from here and the model is not in the "
+            raise SdlmsError(f"model {spec!r}{at}: the Hugging Face hub cannot be reached from here and the model{at} is not in the "
                              f"local cache; save it with save_pretrained where the hub is reachable and give that folder's "
                              f"path instead") from None
+        if rev: raise SdlmsError(f"model {spec!r}{at} cannot be loaded ({type(e).__name__}: {str(e)[:160]}); check that the revision "
+                                 "exists (Pythia's checkpoints are step0, step1, ..., step143000)") from None
         raise SdlmsError(f"model {spec!r} is neither a local folder with config.json nor a hub id that can be "
                          f"loaded here ({type(e).__name__}: {str(e)[:160]}); save it with save_pretrained and give its path") from None
 
 # %% ../nbs/04_models.ipynb #4e4166f1
-def load_model(spec: str, # local folder, hub id or packaged model name
+def load_model(spec: str, # local folder, hub id (optionally `@<revision>`) or packaged model name
                dtype: str = "float32", # a torch dtype name
                device: str = "cpu", # where to put the model
               ):
-    "Load a causal LM and its tokenizer (eval mode, no grad). Returns `(model, tokenizer)`."
+    "Load a causal LM and its tokenizer (eval mode, no grad); `<hub id>@<revision>` loads that revision. Returns `(model, tokenizer)`."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    cfg = load_config(spec)                     # checks the spec and its revision first
+    spec, rev = _split(spec)
     spec = resolve_spec(spec)
-    cfg = load_config(spec)
     check_architecture(cfg.model_type)
-    model = AutoModelForCausalLM.from_pretrained(str(spec), dtype=getattr(torch, dtype), trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(str(spec), dtype=getattr(torch, dtype), trust_remote_code=False, revision=rev)
     model.eval().requires_grad_(False).to(device)
-    tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=False, revision=rev)
     return model, tok
 
 # %% ../nbs/04_models.ipynb #58e3cdb0

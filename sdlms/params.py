@@ -12,12 +12,13 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, repo_root
-from .config import DK_METHODS, DK_STATIC_SCORES, RESOURCE_KEYS, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid
+from .config import DK_METHODS, DK_STATIC_SCORES, RESOURCE_KEYS, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid, split_revision
 from .data import load_manifest
 from .models import SIZES, model_name
 
 # %% auto #0
-__all__ = ['DK_MODEL_TYPES', 'model_facts', 'check_models', 'validate', 'parse_params', 'load_params', 'params_dict']
+__all__ = ['DK_MODEL_TYPES', 'model_facts', 'check_models', 'validate', 'parse_params', 'expand_revisions', 'load_params',
+           'params_dict']
 
 # %% ../nbs/05_params.ipynb #9f03ac8e
 def model_facts(model: str, # micro-suite name, packaged model, local folder or hub id
@@ -29,9 +30,9 @@ def model_facts(model: str, # micro-suite name, packaged model, local folder or 
     its local cache (an error names the fix when neither has it); None for a hub id when `hub` is False."""
     from sdlms.models import d_mlp_of, load_config, n_layers_of
     from sdlms.models import neox_config
-    if model.startswith("micro-"):
+    if model.startswith("micro-"):   # a revision of a micro model has its model's architecture
         s = (p or RunParams()).suite
-        cfg = neox_config(model[len("micro-"):], s.vocab_size, s.seq_len, s.rotary_pct)
+        cfg = neox_config(split_revision(model)[0][len("micro-"):], s.vocab_size, s.seq_len, s.rotary_pct)
     elif hub or (Path(model).expanduser() / "config.json").exists(): cfg = load_config(model)
     else: return None
     from sdlms.models import is_gated
@@ -144,6 +145,9 @@ def validate(p: RunParams, # the params built by `build_section`
     s = p.suite
     for k in ("train_tokens", "seq_len", "batch_size", "vocab_size", "tokenizer_chars"):
         if getattr(s, k) < 1: errors.append(f"suite.{k}: must be >= 1, got {getattr(s, k)}")
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < 1 for f in s.checkpoints):
+        errors.append(f"suite.checkpoints: shares of training in [0, 1) (the trained model is always saved), got {s.checkpoints}")
+        s = None
     # tasks
     try: man = load_manifest(p.tasks_manifest)
     except SdlmsError as e: errors.append(str(e)); man = None
@@ -158,14 +162,23 @@ def validate(p: RunParams, # the params built by `build_section`
     from sdlms.models import PACKAGED_MODELS
     for m in p.models:
         if not isinstance(m, str): errors.append(f"models: {m!r} is not a string"); continue
-        if m in PACKAGED_MODELS: pass
-        elif m.startswith("micro-"):
-            if m[6:] not in SIZES: errors.append(f"models: unknown micro-suite model {m!r}; valid: {', '.join(valid_micro)}"); continue
-        elif (Path(m).expanduser() / "config.json").exists():
+        base, rev = (m, None) if (Path(m).expanduser() / "config.json").exists() else split_revision(m)
+        if base in PACKAGED_MODELS:
+            if rev is not None: errors.append(f"models: {m!r}: the packaged model {base!r} ships one set of weights, no revisions; drop '@{rev}'"); continue
+        elif base.startswith("micro-"):
+            if base[6:] not in SIZES: errors.append(f"models: unknown micro-suite model {base!r}; valid: {', '.join(valid_micro)}"); continue
+            have = [f"step{x}" for x in s.checkpoint_steps()] if s is not None else []
+            if rev is not None and s is not None and rev not in have:
+                errors.append(f"models: {m!r}: the micro-suite saves no revision {rev!r}; with these suite settings its revisions are "
+                              f"{', '.join(have)} (suite.checkpoints, as shares of training, sets them)"); continue
+        elif (Path(base).expanduser() / "config.json").exists():
+            if rev is not None:
+                errors.append(f"models: {m!r}: a local folder has no revisions; save each checkpoint with save_pretrained into its own "
+                              "folder and list the folders"); continue
             mt = json.loads((Path(m).expanduser() / "config.json").read_text()).get("model_type")
             if mt not in SITE_REGISTRY:
                 errors.append(f"models: {m!r} has unsupported architecture {mt!r}; supported: {', '.join(sorted(SITE_REGISTRY))}"); continue
-        elif not _HUB_ID.match(m):
+        elif not _HUB_ID.match(base):
             errors.append(f"models: {m!r} is not a micro-suite name ({', '.join(valid_micro)}), a packaged model "
                           f"({', '.join(PACKAGED_MODELS)}), a local folder with config.json, or a hub id like "
                           f"'EleutherAI/pythia-70m-deduped'"); continue
@@ -181,7 +194,7 @@ def _validate_overrides(p: RunParams, # the run's params
                        ):
     "Check `overrides`: known models and keys, and each model's merged params as a run of that model alone."
     for m, o in (p.overrides or {}).items():
-        if m not in p.models:
+        if m not in p.models and m not in {split_revision(x)[0] for x in p.models if isinstance(x, str)}:
             errors.append(f"overrides: {m!r} is not one of the run's models ({', '.join(map(str, p.models))}); add it to `models` or "
                           "drop its overrides"); continue
         if not isinstance(o, dict): errors.append(f"overrides.{m}: expected a mapping of settings, got {type(o).__name__}"); continue
@@ -221,11 +234,38 @@ def parse_params(d: dict, # the params as plain data (parsed YAML); missing keys
     "Build and validate `RunParams` from a dict; raises one `SdlmsError` listing every problem."
     errors = []
     p = build_section(RunParams, d or {}, "", errors)
+    if not errors: p = expand_revisions(p, errors)
     if not errors: validate(p, errors); _validate_sae(p, errors)
     if errors:
         raise SdlmsError("invalid params:\n" + "\n".join(f"  - {e}" for e in errors) +
                          "\nrun `sdlms params` to list every key with its default and meaning")
     return p
+
+# %% ../nbs/05_params.ipynb #45734173
+def expand_revisions(p: RunParams, # the params built by `build_section`
+                     errors: list, # problems are appended here
+                    ) -> RunParams:
+    """`revisions` written out: each model of `models` once per revision, as `<model>@<revision>` ('checkpoints': every
+    checkpoint the micro-suite saves, for micro models), and `revisions` emptied; so a run's saved params hold the
+    expanded list, parse to themselves, and each (model, revision) is a model of the run with its own jobs."""
+    from dataclasses import replace
+    r = p.revisions
+    if not r: return p
+    if isinstance(r, str) and r != "checkpoints":
+        errors.append(f"revisions: a list of revision names, or 'checkpoints' (every checkpoint of the micro-suite), got {r!r}"); return p
+    if isinstance(r, list) and not all(isinstance(x, str) and x and "@" not in x and "/" not in x for x in r):
+        errors.append(f"revisions: each revision is a branch or tag name such as step143000, got {r}"); return p
+    models = []
+    for m in p.models:
+        if not isinstance(m, str): models.append(m); continue
+        if split_revision(m)[1] is not None:
+            errors.append(f"revisions: {m!r} already names its revision; drop the '@...' or list it under models alone"); continue
+        if r == "checkpoints" and not m.startswith("micro-"):
+            errors.append(f"revisions: 'checkpoints' names the micro-suite's saved checkpoints and {m!r} is not a micro-suite model; "
+                          "list its revisions by name (Pythia: step0 ... step143000)"); continue
+        revs = [f"step{x}" for x in p.suite.checkpoint_steps()] if r == "checkpoints" else r
+        models += [f"{m}@{v}" for v in revs]
+    return replace(p, models=models, revisions=[])
 
 # %% ../nbs/05_params.ipynb #2ee66954
 def load_params(path, # a YAML file, or the stem of one in `params/`

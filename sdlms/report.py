@@ -24,7 +24,7 @@ __all__ = ['EMBEDS', 'SUMMARY_COLS', 'NOT_MEANINGFUL', 'MODEL_COLS', 'GATED_TEXT
 
 # %% ../nbs/28_report.ipynb #79c52d07
 EMBEDS = [("capture/*/10_capture.ipynb", "fig-capture"), ("sae/*/*/20_sae.ipynb", "fig-sae-curves"), ("scaling/90_scaling.ipynb", "fig-as-size"),
-          ("scaling/90_scaling.ipynb", "fig-pr-size"), ("sae_summary/91_sae_summary.ipynb", "fig-death"),
+          ("scaling/90_scaling.ipynb", "fig-pr-size"), ("scaling/90_scaling.ipynb", "fig-ckpt"), ("sae_summary/91_sae_summary.ipynb", "fig-death"),
           ("sae_summary/91_sae_summary.ipynb", "fig-spec"), ("scaling/90_scaling.ipynb", "fig-si-size"),
           ("scaling/90_scaling.ipynb", "fig-q-size"), ("scaling/90_scaling.ipynb", "fig-spec-depth"),
           ("scaling/90_scaling.ipynb", "fig-ablation-size"), ("sae_summary/91_sae_summary.ipynb", "fig-kxd"),

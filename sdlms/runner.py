@@ -83,7 +83,7 @@ def plan(p: RunParams, # the run's validated params
             sites[m] = select_layers(p.for_model(m).layers, facts[m]["n_layers"])
     if has_suite:   # the suite's tokenizer and training blocks, then each size
         jobs.append(Job(TRAIN, None, "train/data", {}))
-        jobs += [Job(TRAIN, m, f"train/{slug(m)}", {}, ("train/data",)) for m in p.models if m.startswith("micro-")]
+        jobs += [Job(TRAIN, f"micro-{z}", f"train/micro-{z}", {}, ("train/data",)) for z in p.micro_sizes()]   # once per size, its checkpoints too
     for s in STAGES:
         if s.key == "suite":
             if has_suite: jobs.append(Job(s, None, "suite", {}, tuple(j.rel for j in jobs if j.stage is TRAIN)))

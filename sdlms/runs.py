@@ -205,8 +205,11 @@ def stage_context(run_dir: str = "", # the run folder; empty: the scratch run `<
 def resolve_model(ctx: StageContext, # the stage's context (its run folder and params)
                   model: str, # a model spec from the run's `models`
                  ) -> dict:
-    "Where to load `model` from: `{path, init_path}` (init_path None: build the random-init twin from the config)."
+    """Where to load `model` from: `{path, init_path}` (init_path None: build the random-init twin from the config). A
+    micro-suite checkpoint (`micro-s@step97`) is its saved folder; a hub id's `@<revision>` stays in `path` for `load_model`."""
     if model.startswith("micro-"):
+        from sdlms.config import split_revision
+        model, rev = split_revision(model)
         mj = ctx.run_dir / "suite" / "models.json"
         if mj.exists(): models = json.loads(mj.read_text())
         elif ctx.run_dir.name == "_scratch":
@@ -215,6 +218,11 @@ def resolve_model(ctx: StageContext, # the stage's context (its run folder and p
         else: models = json.loads(ctx.upstream("suite/models.json", "the micro-suite's models.json", "suite").read_text())
         if model not in models:
             raise SdlmsError(f"{model} is not in this run's suite ({', '.join(models)}); add it to `models`")
-        return {"path": models[model]["path"], "init_path": models[model]["init_path"]}
+        if rev is None: return {"path": models[model]["path"], "init_path": models[model]["init_path"]}
+        revs = models[model].get("revisions", {})
+        if rev not in revs:
+            raise SdlmsError(f"{model} has no checkpoint {rev!r} in this run's suite (saved: {', '.join(revs) or 'none'}); "
+                             "suite.checkpoints sets which are saved")
+        return {"path": revs[rev], "init_path": models[model]["init_path"]}
     from sdlms.models import resolve_spec
     return {"path": resolve_spec(model), "init_path": None}

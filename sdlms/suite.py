@@ -74,18 +74,21 @@ def train_model(size: str, # a key of `SIZES`
                 rotary_pct: float = 1.0, # share of head dims with rotary embeddings
                 tokenizer_dir=None, # tokenizer saved next to both models when given
                 progress=None, # optional `progress(step, total, loss)` callback
+                checkpoints=(), # optimizer steps after which the weights are saved too (0 and the last: `init_dir` and `out_dir`)
+                ckpt_dir=None, # folder of the checkpoints, one `step<N>` folder each (replaced if present)
                ) -> dict:
-    """Train one suite model on `blocks`; saves the init twin to `init_dir` before training and the trained
-    model to `out_dir`. `progress(step, total, loss)` is called every step. Returns a summary dict (steps, tokens,
-    time, throughput, `final_loss` = mean loss of the last 5% of steps, parameter count, weight hash)."""
+    """Train one suite model on `blocks`; saves the init twin to `init_dir` before training, the weights after each of
+    `checkpoints` optimizer steps to `ckpt_dir/step<N>`, and the trained model to `out_dir`. `progress(step, total, loss)`
+    is called every step. Returns a summary dict (steps, tokens, time, throughput, `final_loss` = mean loss of the last 5%
+    of steps, parameter count, weight hash, the checkpoint steps)."""
     import torch
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
     set_threads(1); set_seed(seed)
     cfg = neox_config(size, vocab_size, blocks.shape[1], rotary_pct)
     model = GPTNeoXForCausalLM(cfg)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir else None
-    for d in (init_dir, out_dir):
-        if Path(d).exists(): shutil.rmtree(d)
+    for d in (init_dir, out_dir, ckpt_dir):
+        if d is not None and Path(d).exists(): shutil.rmtree(d)
     _save(model, tok, init_dir)
     s = SIZES[size]
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -95,8 +98,12 @@ def train_model(size: str, # a key of `SIZES`
     total = max(1, len(blocks) // batch_size)
     data = torch.from_numpy(blocks.astype(np.int64))
     t0, losses = time.perf_counter(), []
+    total = max(1, len(blocks) // batch_size)
+    saves = sorted(s for s in set(checkpoints) if 0 < s < total)
+    if saves and ckpt_dir is None: raise SdlmsError("train_model: checkpoints need a ckpt_dir")
     model.train()
     for step in range(total):
+        if step in saves: _save(model, tok, Path(ckpt_dir) / f"step{step}")   # the weights after `step` updates
         x = data[step * batch_size:(step + 1) * batch_size]
         for grp in opt.param_groups: grp["lr"] = lr_at(step, total, s.lr)
         loss = model(input_ids=x, labels=x).loss
@@ -111,7 +118,7 @@ def train_model(size: str, # a key of `SIZES`
     return {"size": size, "steps": total, "tokens": int(total * batch_size * blocks.shape[1]), "train_s": round(secs, 2),
             "tokens_per_s": round(total * batch_size * blocks.shape[1] / secs, 1),
             "final_loss": float(np.mean(losses[-max(1, total // 20):])), "params": sum(p.numel() for p in model.parameters()),
-            "model_hash": hash_state_dict(model)}
+            "model_hash": hash_state_dict(model), "checkpoints": [0, *saves, total]}
 
 # %% ../nbs/06_suite.ipynb #bd968161
 def _save(model, tok, d):
@@ -157,8 +164,9 @@ def prepare_suite(cfg: SuiteParams, # the suite settings
 
 # %% ../nbs/06_suite.ipynb #eb410bfd
 def is_trained(cfg: SuiteParams, seed: int, size: str) -> bool:
-    "Whether suite size `size` is in the cache (trained and saved with its random-init twin)."
-    return (suite_dir(cfg, seed) / model_name(size) / "sdlms_train.json").exists()
+    "Whether suite size `size` is in the cache (trained and saved with its random-init twin and its checkpoints)."
+    root, n = suite_dir(cfg, seed), model_name(size)
+    return (root / n / "sdlms_train.json").exists() and all((root / f"{n}-ckpt" / f"step{s}").exists() for s in cfg.checkpoint_steps()[1:-1])
 
 # %% ../nbs/06_suite.ipynb #f84b4058
 def train_size(size: str, # a key of `SIZES`
@@ -173,21 +181,27 @@ def train_size(size: str, # a key of `SIZES`
     name = model_name(size)
     def prog(step, total, loss):
         if q is not None and (step % 5 == 0 or step == total): q.put((size, step, total, loss))
+    if len(blocks) // cfg.batch_size != cfg.total_steps():   # the checkpoint steps are named from `total_steps` before training
+        raise SdlmsError(f"suite blocks give {len(blocks) // cfg.batch_size} steps, SuiteParams.total_steps() {cfg.total_steps()}: they must agree")
     info = train_model(size, blocks, root / name, root / f"{name}-init", seed=seed,
                        batch_size=cfg.batch_size, vocab_size=cfg.vocab_size, rotary_pct=cfg.rotary_pct,
-                       tokenizer_dir=root / "tokenizer", progress=prog)
+                       tokenizer_dir=root / "tokenizer", progress=prog, checkpoints=cfg.checkpoint_steps(), ckpt_dir=root / f"{name}-ckpt")
     write_json(root / name / "sdlms_train.json", info)
     return info
 
 # %% ../nbs/06_suite.ipynb #e05eebfb
 def suite_models(cfg: SuiteParams, sizes: list, seed: int = 0) -> dict:
-    "`{name: {path, init_path, size, params, ...}}` of the trained suite `sizes`."
+    """`{name: {path, init_path, size, params, ..., revisions}}` of the trained suite `sizes`; `revisions` maps each
+    checkpoint `step<N>` to its folder (step 0 is the init twin, the last step the trained model)."""
     check_sizes(sizes)
     root = suite_dir(cfg, seed); out = {}
     for s in sizes:
         n = model_name(s)
         if not is_trained(cfg, seed, s): raise SdlmsError(f"{n} is not trained in {root}; build the suite first (`sdlms build-suite <params>`)")
         out[n] = {"path": str(root / n), "init_path": str(root / f"{n}-init"), "size": s, **json.loads((root / n / "sdlms_train.json").read_text())}
+        steps = cfg.checkpoint_steps()
+        out[n]["revisions"] = {f"step{k}": str(root / n if k == steps[-1] else root / f"{n}-init" if k == 0 else root / f"{n}-ckpt" / f"step{k}")
+                               for k in steps}
     return out
 
 # %% ../nbs/06_suite.ipynb #8ba65369

@@ -12,10 +12,12 @@ import pandas as pd
 from .core import SdlmsError
 from .specialization import specialized_units
 from .runs import slug
+from .config import split_revision, step_of
 
 # %% auto #0
-__all__ = ['SCALING_INIT', 'SAE_SI_COLS', 'run_tables', 'scaling_sources', 'sparsity_table', 'scaling_long', 'si_table',
-           'ablation_summary', 'dynamic_k_table', 'sae_table', 'sae_spec_rate', 'add_spec_rates']
+__all__ = ['CKPT_METRICS', 'SCALING_INIT', 'SAE_SI_COLS', 'run_tables', 'with_revisions', 'size_rows', 'checkpoint_long',
+           'scaling_sources', 'sparsity_table', 'scaling_long', 'si_table', 'ablation_summary', 'dynamic_k_table',
+           'sae_table', 'sae_spec_rate', 'add_spec_rates']
 
 # %% ../nbs/27_summaries.ipynb #2ee34050
 def run_tables(sources: list, pattern: str) -> pd.DataFrame:
@@ -26,6 +28,51 @@ def run_tables(sources: list, pattern: str) -> pd.DataFrame:
             if ".partial" in str(f.relative_to(r)) or f.stat().st_size <= 1: continue
             frames.append(pd.read_csv(f).assign(run=r.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+# %% ../nbs/27_summaries.ipynb #2f0f9a8f
+def with_revisions(df: pd.DataFrame, # a table with a `model` column of model specs
+                  ) -> pd.DataFrame:
+    """`df` with `base_model`, `revision` (None for a model without one) and `step` (the training step of a `step<N>`
+    revision, else NaN) from its `model` column: the training-checkpoint axis (`micro-s@step97`, `...pythia-410m-deduped@step143000`)."""
+    if df.empty or "model" not in df: return df
+    parts = [split_revision(m) for m in df.model]
+    return df.assign(base_model=[b for b, _ in parts], revision=[r for _, r in parts],
+                     step=pd.array([step_of(r) for _, r in parts], dtype="Int64").astype(float))
+
+def size_rows(df: pd.DataFrame, # rows with `with_revisions` columns
+             ) -> pd.DataFrame:
+    """The rows the size axis plots: per run and base model its rows without a revision, else those of its last step
+    (a run of checkpoints only still has one point per model size; its other revisions go on the step axis)."""
+    if df.empty or "revision" not in df: return df
+    keep = []
+    for _, g in df.groupby(["run", "base_model"], sort=False):
+        plain = g[g.revision.isna()]
+        keep.append(plain if len(plain) else g[g.step == g.step.max()] if g.step.notna().any() else g)
+    return pd.concat(keep).sort_index()
+
+CKPT_METRICS = {"frac_active": "activation fraction (> 0)", "pr_over_d": "PR / d_mlp", "si_excess": "SI excess over null",
+                "q_over_a": "Q - Q null a (independent units)", "q_over_b": "Q - Q null b (independent given the task)"}
+
+def checkpoint_long(df: pd.DataFrame, # `sparsity_table` rows
+                    spec: pd.DataFrame, # `si_table` rows (may be empty)
+                   ) -> pd.DataFrame:
+    """The training-checkpoint axis, long: per run, base model with two or more `step<N>` revisions, layer and metric
+    (`CKPT_METRICS`: activation fraction and PR/d of the trained rows, SI excess over its null and Q beyond its two nulls
+    of the trained neurons) its `value` at each `step`. Empty when no model has two checkpoints."""
+    cols = ["run", "base_model", "revision", "step", "layer", "depth"]
+    rows = []
+    if len(df) and "depth" not in df and "relative_depth" in df: df = df.assign(depth=df.relative_depth.round(2).astype(str))
+    if len(df) and "step" in df:
+        rows += [df[cols].assign(metric=CKPT_METRICS[m], value=df[m]) for m in ("frac_active", "pr_over_d") if m in df]
+    if len(spec) and "step" in spec:
+        n = spec[spec.unit_kind == "neuron"]
+        rows += [n[cols].assign(metric=CKPT_METRICS["si_excess"], value=n.si_excess),
+                 n[cols].assign(metric=CKPT_METRICS["q_over_a"], value=n.Q - n.Q_null_a_mean),
+                 n[cols].assign(metric=CKPT_METRICS["q_over_b"], value=n.Q - n.Q_null_b_mean)]
+    if not rows: return pd.DataFrame(columns=cols + ["metric", "value"])
+    out = pd.concat(rows, ignore_index=True).dropna(subset=["step"])
+    n_steps = out.groupby(["run", "base_model"]).step.transform("nunique")
+    return out[n_steps >= 2].sort_values(["run", "base_model", "metric", "layer", "step"]).reset_index(drop=True)
 
 # %% ../nbs/27_summaries.ipynb #02e6d237
 def scaling_sources(run_dir, runs: list = ()) -> list:
@@ -43,7 +90,7 @@ def sparsity_table(sources: list) -> pd.DataFrame:
     for r in map(Path, sources):
         if run_tables([r], "capture/*/sparsity.csv").empty:
             raise SdlmsError(f"no capture results under {r}/capture; run the capture stage first (`sdlms run --resume {r.name}`)")
-    return run_tables(sources, "capture/*/sparsity.csv")
+    return with_revisions(run_tables(sources, "capture/*/sparsity.csv"))
 
 # %% ../nbs/27_summaries.ipynb #bd8de9c0
 SCALING_INIT = ("frac_active", "pr_over_d", "top10_mass", "pr")   # the metrics drawn for the random-init twin too
@@ -61,7 +108,7 @@ def si_table(sources: list) -> pd.DataFrame:
     "The specialization stage's `si_modularity.csv` rows of every site of every run, with a `depth` label."
     spec = run_tables(sources, "specialization/*/L*/si_modularity.csv")
     if len(spec): spec["depth"] = spec.relative_depth.round(2).astype(str)
-    return spec
+    return with_revisions(spec)
 
 # %% ../nbs/27_summaries.ipynb #db2dd00e
 def ablation_summary(sources: list, spec: pd.DataFrame) -> pd.DataFrame:
@@ -84,7 +131,7 @@ def dynamic_k_table(sources: list) -> pd.DataFrame:
     sizes = run_tables(sources, "capture/*/sparsity.csv")
     if len(sizes): dk = dk.merge(sizes[["run", "model", "params"]].drop_duplicates(), on=["run", "model"], how="left")
     dk = dk[dk.method != "all"].assign(ppl_ratio=lambda d: d.ppl_sparse / d.ppl_dense)
-    return dk.reset_index(drop=True)
+    return with_revisions(dk.reset_index(drop=True))
 
 # %% ../nbs/27_summaries.ipynb #60ce180b
 SAE_SI_COLS = ("si_mean", "si_null_mean", "si_excess", "frac_si_ge_0.5", "null_frac_si_ge_0.5")   # from si_modularity.csv

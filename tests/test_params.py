@@ -12,7 +12,7 @@ from sdlms.core import SdlmsError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "smoke_sae", "pythia", "kxd"])
+@pytest.mark.parametrize("name", ["default", "smoke", "smoke_sae", "pythia", "kxd", "checkpoints"])
 def test_shipped_params_are_valid(name):
     p = load_params(ROOT / "params" / f"{name}.yaml")
     assert p.name == name.replace("_", "-")
