@@ -15,7 +15,7 @@ from .core import SdlmsError
 from .config import ExecutorParams, RESOURCE_KEYS
 
 # %% auto #0
-__all__ = ['worker_init', 'gpu_ids', 'stage_resources', 'check_executor', 'submitit_executor', 'SubmititPool']
+__all__ = ['worker_init', 'gpu_ids', 'stage_resources', 'check_executor', 'submitit_executor', 'RemoteCall', 'SubmititPool']
 
 # %% ../nbs/29_executors.ipynb #c3da2114
 def worker_init(sigint: str = "ignore", # 'ignore' (Ctrl-C is the parent's business) or 'kill' (SIGINT stops like SIGTERM)
@@ -79,25 +79,42 @@ def submitit_executor(ex: ExecutorParams, # the run's executor settings
                       folder, # submitit's folder for this job (logs, pickles)
                       stage: str, # the job's stage key: its resources
                       name: str = "sdlms", # the job name
+                      after: list = (), # Slurm job ids that must complete first (`--dependency=afterok:...`)
                      ):
-    "A submitit `LocalExecutor` or `SlurmExecutor` set up with the stage's resources (Slurm: `check_executor` first)."
+    """A submitit `LocalExecutor` or `SlurmExecutor` set up with the stage's resources (Slurm: `check_executor` first).
+    `after` makes a Slurm job wait for those jobs to complete; if one of them fails the job is cancelled, not left pending."""
     import submitit
     r = stage_resources(ex, stage)
     gpus = {"gpus_per_node": int(r["gpus"])} if r.get("gpus") else {}
+    if after and ex.kind != "slurm": raise SdlmsError("job dependencies (after) need the slurm executor")
     if ex.kind == "submitit_local":
         e = submitit.LocalExecutor(folder=str(folder))
         e.update_parameters(timeout_min=int(r.get("time_min", 24 * 60)), nodes=1, tasks_per_node=1, **gpus)
         return e
     e = submitit.SlurmExecutor(folder=str(folder))
+    dep = {"dependency": "afterok:" + ":".join(map(str, after))} if after else {}
+    extra = {**({"kill-on-invalid-dep": "yes"} if after else {}), **dict(ex.slurm_extra or {})}
     e.update_parameters(job_name=name, partition=ex.partition, time=int(r["time_min"]), cpus_per_task=int(r["cpus"]),
-                        mem=f"{r['mem_gb']:g}GB", nodes=1, ntasks_per_node=1, additional_parameters=dict(ex.slurm_extra or {}), **gpus)
+                        mem=f"{r['mem_gb']:g}GB", nodes=1, ntasks_per_node=1, additional_parameters=extra, **dep, **gpus)
     return e
 
-def _remote(fn, *args):
-    "What a submitit job runs: `fn(*args)` in a process that cleans up after itself; an SdlmsError travels back as a value."
-    worker_init(sigint="kill")
-    try: return ("ok", fn(*args))
-    except SdlmsError as e: return ("error", str(e))
+class RemoteCall:
+    """What a submitit job runs: `fn(*args)` in a process that cleans up after itself (`worker_init`). An `SdlmsError`
+    travels back as a value, or with `strict` fails the job (so Slurm cancels the jobs that wait for it). Checkpointable:
+    when Slurm preempts the job (its USR2 warning), submitit requeues it with the same call, and the stage resumes from its
+    own checkpoints (`runner.execute_stage` keeps a resumable stage's `.partial` folder)."""
+    def __init__(self, strict: bool = False): self.strict = strict
+
+    def __call__(self, fn, *args):
+        worker_init(sigint="kill")
+        if self.strict: return fn(*args)
+        try: return ("ok", fn(*args))
+        except SdlmsError as e: return ("error", str(e))
+
+    def checkpoint(self, *args):
+        "The call to requeue with (submitit's checkpointing protocol): the same one."
+        from submitit.helpers import DelayedSubmission
+        return DelayedSubmission(self, *args)
 
 def _unwrap(sj):
     status, value = sj.result()
@@ -114,12 +131,16 @@ class SubmititPool:
         self.ex, self.folder, self.jobs = ex, Path(folder), {}
         self.threads = ThreadPoolExecutor(max(1, max_jobs), thread_name_prefix="submitit")
 
+    def start(self, fn, job, *args, after: list = (), strict: bool = False):
+        """Submit `fn(job, *args)` as one submitit job named after `job.rel` (a `runner.Job`), after the Slurm jobs `after`;
+        returns the submitit job. `strict`: a failure fails the job (`RemoteCall`)."""
+        e = submitit_executor(self.ex, self.folder / job.rel.replace("/", "__"), job.stage.key, name=f"sdlms:{job.rel}", after=after)
+        sj = self.jobs[job.rel] = e.submit(RemoteCall(strict), fn, job, *args)
+        return sj
+
     def submit(self, fn, job, *args) -> Future:
-        "Submit `fn(job, *args)` as one submitit job named after `job.rel` (a `runner.Job`)."
-        e = submitit_executor(self.ex, self.folder / job.rel.replace("/", "__"), job.stage.key, name=f"sdlms:{job.rel}")
-        sj = e.submit(_remote, fn, job, *args)
-        self.jobs[job.rel] = sj
-        return self.threads.submit(_unwrap, sj)
+        "Submit `fn(job, *args)` as one submitit job (`start`); returns a `Future` of its result."
+        return self.threads.submit(_unwrap, self.start(fn, job, *args))
 
     def cancel(self):
         "Cancel every job not finished yet, and stop waiting for them."

@@ -137,7 +137,7 @@ def validate(p: RunParams, # the params built by `build_section`
         if dk.predictor_ridge < 0: errors.append(f"dynamic_k.predictor_ridge: must be >= 0, got {dk.predictor_ridge}")
         if dk.static_score not in DK_STATIC_SCORES:
             errors.append(f"dynamic_k.static_score: {dk.static_score!r}; choose from {list(DK_STATIC_SCORES)}")
-    stage_keys = ("default", "train", "suite", "capture", "sae", "specialization", "dynamic_k", "scaling", "sae_summary")
+    stage_keys = ("default", "train", "suite", "capture", "sae", "specialization", "dynamic_k", "scaling", "sae_summary", "finalize")
     for k, r in (p.executor.resources or {}).items():
         if k not in stage_keys: errors.append(f"executor.resources.{k}: unknown stage; use one of {list(stage_keys)}")
         elif not isinstance(r, dict) or set(r) - set(RESOURCE_KEYS) or any(not isinstance(v, (int, float)) or v < 0 for v in r.values()):

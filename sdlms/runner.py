@@ -22,11 +22,11 @@ from .core import SdlmsError, append_jsonl, hash_json, package_versions, repo_ro
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
 from .executors import SubmititPool, check_executor, gpu_ids, worker_init
-from .runs import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug
+from .runs import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states
 
 # %% auto #0
-__all__ = ['STAGES', 'TRAIN', 'KERNEL', 'Stage', 'stages_dir', 'Job', 'plan', 'ensure_kernel', 'kernel_env', 'execute_stage',
-           'job_priority', 'run_jobs', 'execute_job', 'run', 'compare']
+__all__ = ['STAGES', 'TRAIN', 'KERNEL', 'FINALIZE', 'Stage', 'stages_dir', 'Job', 'plan', 'ensure_kernel', 'kernel_env',
+           'execute_stage', 'job_priority', 'run_jobs', 'execute_job', 'run', 'finalize_run', 'compare']
 
 # %% ../nbs/30_runner.ipynb #59c87adc
 @dataclass
@@ -35,11 +35,12 @@ class Stage:
     key: str        # output folder name (per model: `<key>/<model slug>`)
     notebook: str   # file in nbs/stages/
     per: str        # 'run', 'model' or 'site' (model and layer)
+    resumable: bool = False   # a rerun resumes from the stage's own checkpoints in its `.partial` folder (SAE training)
 
 # %% ../nbs/30_runner.ipynb #278249f6
 STAGES = [Stage("suite", "00_suite.ipynb", "run"),
           Stage("capture", "10_capture.ipynb", "model"),
-          Stage("sae", "20_sae.ipynb", "site"),
+          Stage("sae", "20_sae.ipynb", "site", resumable=True),
           Stage("specialization", "30_specialization.ipynb", "site"),
           Stage("dynamic_k", "40_dynamic_k.ipynb", "model"),
           Stage("scaling", "90_scaling.ipynb", "run"),
@@ -144,15 +145,20 @@ def execute_stage(notebook: str, # file name in `nbs/stages/`
                   model: str | None = None, # the notebook's `model` parameter; None: a per-run stage
                   log_output: bool = False, # echo the notebook's output while it runs
                   extra: dict | None = None, # further notebook parameters (e.g. `layer`)
+                  resumable: bool = False, # keep a `.partial` folder left by an earlier attempt (the stage resumes from its checkpoints)
                  ) -> dict:
     """Execute one stage notebook into `run_dir/out_rel.partial/`, then publish it as `run_dir/out_rel/`.
-    On failure the `.partial` folder keeps the executed notebook (error cell marked) and an error is raised."""
+    On failure the `.partial` folder keeps the executed notebook (error cell marked) and an error is raised. A `.partial`
+    folder left by a killed or preempted attempt is cleared first, unless the stage is `resumable` (its checkpoints stay)."""
     import papermill as pm
     kernel_env()
     run_dir = Path(run_dir); final = run_dir / out_rel; part = final.with_name(final.name + ".partial")
     if final.exists(): raise SdlmsError(f"{final} already exists; a finished stage is never overwritten")
-    if part.exists(): shutil.rmtree(part)
-    part.mkdir(parents=True)
+    resumed = part.exists() and resumable
+    if part.exists() and not resumable: shutil.rmtree(part)
+    if resumed:
+        for f in [*part.glob("*.ipynb"), part / "meta.json"]: f.unlink(missing_ok=True)   # only what the new attempt writes again
+    part.mkdir(parents=True, exist_ok=True)
     params = {"run_dir": str(run_dir), "out_dir": str(part)}
     if model is not None: params["model"] = model
     params.update(extra or {})
@@ -167,7 +173,8 @@ def execute_stage(notebook: str, # file name in `nbs/stages/`
     meta = json.loads((part / "meta.json").read_text()) if (part / "meta.json").exists() else {}
     os.replace(part, final)
     import socket
-    return {**meta, "stage": out_rel, "notebook": notebook, "model": model, "seconds": round(secs, 2), "node": socket.gethostname()}
+    return {**meta, "stage": out_rel, "notebook": notebook, "model": model, "seconds": round(secs, 2), "node": socket.gethostname(),
+            **({"resumed": True} if resumed else {})}
 
 # %% ../nbs/30_runner.ipynb #b138ca7e
 def job_priority(jobs: list, # the ready jobs
@@ -223,17 +230,22 @@ def execute_job(job: Job, # the job to run
                 suite: dict | None = None, # the run's `SuiteParams` as a dict (`train` jobs)
                 seed: int = 0, # the run's seed (`train` jobs)
                 q=None, # a queue for training progress; None: none reported
+                record: bool = False, # append the job's meta record to the run's meta.jsonl (jobs nobody waits for)
                ) -> dict:
     """Execute one job in this process: a stage notebook (`execute_stage`), or for the suite's `train` jobs its data or
     one size. Returns the job's meta record."""
     if job.stage.key != "train":
-        return execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra)
+        info = execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra, resumable=job.stage.resumable)
+        if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})
+        return info
     from sdlms.suite import prepare_suite, train_size
     t0 = time.perf_counter()
     if job.model is None: prepare_suite(SuiteParams(**suite), seed); info = {}
     else: info = train_size(job.model[len("micro-"):], suite, seed, q)
-    return {"stage": job.rel, "model": job.model, "seconds": round(time.perf_counter() - t0, 2),
+    info = {"stage": job.rel, "model": job.model, "seconds": round(time.perf_counter() - t0, 2),
             **{k: info[k] for k in ("params", "steps", "final_loss") if k in info}}
+    if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})
+    return info
 
 # %% ../nbs/30_runner.ipynb #c6de3eea
 def _stop_workers(ex, grace: float = 10.0):
@@ -261,8 +273,12 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
         report: bool = True, # build the report once the run is complete
         progress: bool = True, # show progress bars
         log=print, # receives one line per event
+        wait: bool = False, # Slurm: wait for the submitted jobs, showing progress (else submit and return)
+        poll_s: float = 30.0, # Slurm with `wait`: seconds between looks at the jobs
        ) -> Path:
-    """Create a new run from `params` (a YAML path or a dict) or complete the run `resume`. Jobs run in `workers`
+    """Create a new run from `params` (a YAML path or a dict) or complete the run `resume`. With the Slurm executor every
+    job is submitted at once, each waiting for its inputs' jobs (Slurm dependencies), and a last job merges the tables and
+    builds the report; `run` then returns (or with `wait` follows the jobs until the run is complete). Jobs run in `workers`
     processes as their inputs become ready (`plan`, `run_jobs`): the real model's capture can run while the micro-suite
     trains, and one model's SAEs while another model captures. `stop_after` runs only the stages up to that key
     (e.g. 'capture'), leaving the run resumable. The run folder is locked meanwhile (`RunLock`); Ctrl-C or SIGTERM stop
@@ -278,9 +294,10 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
             if st.get("status") == "complete":
                 raise SdlmsError(f"run {run_dir.name} is complete and is never overwritten; start a new run with `sdlms run <params>`")
             p = parse_params(yaml.safe_load((run_dir / "params.yaml").read_text()))
+            _refuse_live_slurm_jobs(run_dir)
             facts = check_models(p)
             log(f"resuming {run_dir}")
-            return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log)
+            return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, wait, poll_s)
     p = load_params(params) if not isinstance(params, dict) else parse_params(params)   # validate before compute
     facts = check_models(p)   # every model's architecture (hub ids too) against layers, block_size and SAE sizes
     plan(p, facts)            # its own checks, before a run folder exists
@@ -294,10 +311,10 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
         append_jsonl(run_dir / "meta.jsonl", {"event": "run", "run": run_dir.name, "config": params_dict(p),
                                               "config_hash": hash_json(params_dict(p)), "seed": p.seed, "versions": package_versions()})
         log(f"new run {run_dir}")
-        return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log)
+        return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, wait, poll_s)
 
 
-def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log) -> Path:
+def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, wait=False, poll_s=30.0) -> Path:
     "The jobs of a locked run folder (`run`'s body after its params are known)."
     import multiprocessing as mp
     from dataclasses import asdict
@@ -316,11 +333,13 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log) 
         from sdlms.suite import suite_dir
         if j.model is None: return all((suite_dir(p.suite, p.seed) / f).exists() for f in ("tokenizer/tokenizer.json", "train_blocks.npy"))
         return is_trained(p.suite, p.seed, j.model[len("micro-"):])
-    check_executor(p.executor, sorted({j.stage.key for j in jobs if not is_done(j)}))    # before any job starts
+    check_executor(p.executor, sorted({j.stage.key for j in jobs if not is_done(j)} | ({"finalize"} if p.executor.kind == "slurm" else set())))   # before any job starts
     stage_jobs = [j for j in jobs if j.stage.key != "train"]
     for j in stage_jobs:
         if is_done(j): log(f"  skip {j.rel} (complete)")
     local = p.executor.kind == "local"
+    if p.executor.kind == "slurm":
+        return _submit_run(run_dir, p, jobs, len(jobs) == len(plan(p, facts)), is_done, suite_cfg, report, wait, poll_s, progress, log)
     to_train = [j for j in jobs if j.stage.key == "train" and j.model and not is_done(j)]
     t_run = time.perf_counter()
     bar = tqdm(total=len(stage_jobs), initial=sum(map(is_done, stage_jobs)), desc="stages", unit="stage", disable=not progress)
@@ -368,14 +387,78 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log) 
     if len(jobs) < len(plan(p, facts)):
         log(f"stopped after {stop_after}; complete it with `sdlms run --resume {run_dir.name}`")
         return run_dir
+    return finalize_run(run_dir, report, log, seconds=round(time.perf_counter() - t_run, 1))
+
+# %% ../nbs/30_runner.ipynb #143b4ac1
+FINALIZE = Stage("finalize", "", "run")   # a submitted run's last job: `finalize_run`
+
+def finalize_run(run_dir, # a run folder whose jobs are all done
+                 report: bool = True, # build its report
+                 log=print, # receives one line per event
+                 seconds: float | None = None, # the run's duration; None: since it was created
+                ) -> Path:
+    "Complete a run: merge its tables, mark it complete in run.json and build its report (a submitted run's last job)."
+    run_dir = Path(run_dir)
     merge_sparsity(run_dir); merge_specialization(run_dir)
-    st = run_status(run_dir); st.update(status="complete", finished=dt.datetime.now().isoformat(timespec="seconds"),
-                                        seconds=round(time.perf_counter() - t_run, 1))
+    st = run_status(run_dir); now = dt.datetime.now()
+    if seconds is None: seconds = round((now - dt.datetime.fromisoformat(st["created"])).total_seconds(), 1)
+    st.update(status="complete", finished=now.isoformat(timespec="seconds"), seconds=seconds)
     write_json(run_dir / "run.json", st)
     if report:
         from sdlms.report import build_report
         log(f"report: {build_report(run_dir, log=log)}")
     return run_dir
+
+def _finalize_job(job, run_dir, report):
+    "`finalize_run` as a job (`SubmititPool.start` passes the job first)."
+    return finalize_run(run_dir, report)
+
+def _refuse_live_slurm_jobs(run_dir):
+    "A submitted run is resumed only once none of its Slurm jobs is queued or running (else they would run twice)."
+    sub = {}
+    if (run_dir / "meta.jsonl").exists():
+        for line in (run_dir / "meta.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r.get("event") == "submitted" and r.get("executor") == "slurm": sub[r["stage"]] = r["job_id"]
+    live = {rel: i for rel, i in sub.items() if slurm_states(list(sub.values())).get(i) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")}
+    if live:
+        raise SdlmsError(f"run {run_dir.name} still has Slurm jobs queued or running ({', '.join(f'{r}: {i}' for r, i in list(live.items())[:5])}"
+                         f"{', ...' if len(live) > 5 else ''}); follow them with `sdlms status {run_dir.name}`, or cancel them with "
+                         f"`scancel {' '.join(live.values())}`, then resume")
+
+def _submit_run(run_dir, p, jobs, whole, is_done, suite_cfg, report, wait, poll_s, progress, log) -> Path:
+    """Submit every unfinished job of a locked run folder to Slurm at once, each after the jobs it reads (`afterok`), and
+    (for a `whole` plan) a last job that finalizes the run; return, or with `wait` follow them until the run completes."""
+    from tqdm import tqdm
+    pool = SubmititPool(p.executor, run_dir / "_jobs", 1)
+    ids = {}
+    def submit(j, fn, *args, after=()):
+        sj = pool.start(fn, j, *args, after=after, strict=True); ids[j.rel] = str(sj.job_id)
+        append_jsonl(run_dir / "meta.jsonl", {"event": "submitted", "stage": j.rel, "executor": "slurm", "job_id": str(sj.job_id),
+                                              "stdout": str(sj.paths.stdout)})
+    for j in jobs:                # plan order: a job's inputs come before it
+        if not is_done(j): submit(j, execute_job, str(run_dir), suite_cfg, p.seed, None, True, after=[ids[d] for d in j.deps if d in ids])
+    if whole: submit(Job(FINALIZE, None, "_finalize", {}), _finalize_job, str(run_dir), report, after=list(ids.values()))
+    st = run_status(run_dir); st.update(status="submitted", submitted=dt.datetime.now().isoformat(timespec="seconds")); write_json(run_dir / "run.json", st)
+    last = "; the last one completes the run and builds its report" if whole else ""
+    log(f"submitted {len(ids)} Slurm jobs{last}; follow them with `sdlms status {run_dir.name}`")
+    if not wait: return run_dir
+    stage_jobs = [j for j in jobs if j.stage.key != "train"]
+    bar = tqdm(total=len(stage_jobs), initial=sum(map(is_done, stage_jobs)), desc="stages", unit="stage", disable=not progress)
+    try:
+        while True:
+            bar.n = sum(map(is_done, stage_jobs)); bar.refresh()
+            if run_status(run_dir).get("status") == "complete" or (not whole and all(map(is_done, jobs))): return run_dir
+            states = slurm_states(list(ids.values()))
+            bad = {rel: states[i] for rel, i in ids.items() if states.get(i) in ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")}
+            if bad:
+                raise SdlmsError("Slurm jobs did not complete: " + ", ".join(f"{r} ({s})" for r, s in bad.items()) +
+                                 f"; see `sdlms status {run_dir.name}` for their logs, then `sdlms run --resume {run_dir.name}`")
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        raise SdlmsError(f"stopped waiting; the Slurm jobs go on: follow them with `sdlms status {run_dir.name}`, "
+                         f"or cancel them with `scancel {' '.join(ids.values())}`") from None
+    finally: bar.close()
 
 # %% ../nbs/30_runner.ipynb #728241a5
 def compare(runs: list, # run folders or run names

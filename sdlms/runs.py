@@ -19,8 +19,9 @@ from .config import RunParams
 from .params import load_params, params_dict, parse_params
 
 # %% auto #0
-__all__ = ['slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock', 'job_table', 'merge_csv',
-           'merge_sparsity', 'merge_specialization', 'StageContext', 'stage_context', 'resolve_model']
+__all__ = ['SLURM_STATES', 'slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock', 'slurm_states',
+           'job_table', 'merge_csv', 'merge_sparsity', 'merge_specialization', 'StageContext', 'stage_context',
+           'resolve_model']
 
 # %% ../nbs/26_runs.ipynb #f50a4d0a
 def slug(model: str, # a model spec: micro-suite name, packaged name, hub id or local path
@@ -100,6 +101,23 @@ class RunLock:
         if not path.exists(): return None
         with open(path, "a+") as f: return RunLock._take(f)        # closing the file releases a lock taken here
 
+# %% ../nbs/26_runs.ipynb #18a90d32
+SLURM_STATES = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
+                "COMPLETED": "done", "FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed",
+                "NODE_FAIL": "failed", "PREEMPTED": "queued", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
+
+def slurm_states(job_ids: list, # Slurm job ids
+                ) -> dict:
+    """`{job id: state}` as Slurm's accounting (`sacct`) has them (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, ...; a
+    reason such as 'CANCELLED by 1000' cut to its state); empty when there are no ids or no `sacct` here."""
+    import shutil, subprocess
+    ids = [str(i) for i in job_ids if i]
+    if not ids or shutil.which("sacct") is None: return {}
+    try: out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)], capture_output=True,
+                              text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError): return {}
+    return {a: (b.split() or ["UNKNOWN"])[0] for a, _, b in (l.partition("|") for l in out.splitlines() if "|" in l)}
+
 # %% ../nbs/26_runs.ipynb #5751901d
 def job_table(run_dir, # a run folder
              ):
@@ -111,11 +129,14 @@ def job_table(run_dir, # a run folder
         for line in (run_dir / "meta.jsonl").read_text().splitlines():
             r = json.loads(line)
             if r.get("event") == "stage": meta[r["stage"]] = r
-            if r.get("event") == "submitted": sub[r["stage"]] = r             # a submitit job (local or Slurm)
+            if r.get("event") == "submitted": sub[r["stage"]] = r             # a submitit job (local or Slurm): its last submission
+    slurm = slurm_states([s["job_id"] for s in sub.values() if s.get("executor") == "slurm"])
     rows = []
     for rel in st.get("stages", []):
         d = run_dir / rel; part = d.with_name(d.name + ".partial"); m = meta.get(rel, {})
         state, where = ("done", d) if d.exists() else (("running" if held else "stopped"), part) if part.exists() else ("pending", None)
+        if state != "done" and slurm.get(sub.get(rel, {}).get("job_id")):    # a submitted run: Slurm knows best
+            state = SLURM_STATES.get(slurm[sub[rel]["job_id"]], slurm[sub[rel]["job_id"]].lower())
         nb = next(iter(sorted(where.glob("*.ipynb"))), None) if where else None
         secs = m.get("seconds") if state == "done" else round(time.time() - part.stat().st_mtime, 1) if state == "running" else None
         rel_ = lambda x: str(x.relative_to(run_dir)) if x else ""          # paths relative to the run folder

@@ -303,7 +303,7 @@ def train_sae(
     os.replace(tmp, final)
     write_json(out / "sae_params.json", asdict(p))
     pd.DataFrame(state["curve"]).to_csv(out / "curves.csv", index=False)
-    return {"steps": step, "stopped_early": stopped_early, "train_s": round(secs, 2),
+    return {"steps": step, "resumed_from_step": start, "stopped_early": stopped_early, "train_s": round(secs, 2),
             "tokens_per_s": round((step - start) * p.batch_size / max(secs, 1e-9), 1),
             "train_tokens": step * p.batch_size, "stream_tokens": stream.n_train, "epochs": round(step * p.batch_size / stream.n_train, 3),
             "holdout_tokens": stream.n_holdout, "best_holdout_mse": state["best_val"],

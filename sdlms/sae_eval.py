@@ -312,7 +312,8 @@ def evaluate_sae(
     row = {**(info or {}), **grid_columns(p, cache.d), "trained": True, "skip_reason": "", **training_summary(r, stream),
            "distinct_inputs": n_inputs, **e["row"]}
     return {"name": name, "row": row, "rates_KD": e["rates_KD"], "features": e["features"],
-            "curves": pd.read_csv(d / "curves.csv").assign(sae=name), "train_s": round(t1 - t0, 2), "eval_s": round(t2 - t1, 2)}
+            "curves": pd.read_csv(d / "curves.csv").assign(sae=name), "train_s": round(t1 - t0, 2), "eval_s": round(t2 - t1, 2),
+            "resumed_from_step": r["resumed_from_step"]}
 
 # %% ../nbs/18_sae_eval.ipynb #0e516117
 @torch.no_grad()
