@@ -2,7 +2,7 @@
 fixed cost of dispatching one job.
 
 - per-job overhead: a stage notebook that only opens its context (`sdlms.runs.stage_context`, the imports every stage
-  makes) executed with papermill in the project's kernel, as `runner.execute_stage` does (kernel start, imports,
+  makes) executed with papermill in the project's kernel, as `jobs.execute_stage` does (kernel start, imports,
   output notebook written, folder published); and a submitit local job that returns at once (submission, process
   start, result pickled back);
 - sweeps: the smoke params (`--params`, default `smoke`) run end to end without the report, with 1 worker, with 2, and

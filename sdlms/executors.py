@@ -54,7 +54,7 @@ def gpu_ids() -> list:
 
 # %% ../nbs/29_executors.ipynb #c9577f68
 def stage_resources(ex: ExecutorParams, # the run's executor settings
-                    stage: str, # a stage key (`runner.STAGES`, or 'train')
+                    stage: str, # a stage key (`jobs.STAGES`, or 'train')
                    ) -> dict:
     "The resources of `stage`'s jobs: `resources[stage]` over `resources['default']` (possibly empty)."
     return {**(ex.resources or {}).get("default", {}), **(ex.resources or {}).get(stage, {})}
@@ -102,7 +102,7 @@ class RemoteCall:
     """What a submitit job runs: `fn(*args)` in a process that cleans up after itself (`worker_init`). An `SdlmsError`
     travels back as a value, or with `strict` fails the job (so Slurm cancels the jobs that wait for it). Checkpointable:
     when Slurm preempts the job (its USR2 warning), submitit requeues it with the same call, and the stage resumes from its
-    own checkpoints (`runner.execute_stage` keeps a resumable stage's `.partial` folder)."""
+    own checkpoints (`jobs.execute_stage` keeps a resumable stage's `.partial` folder)."""
     def __init__(self, strict: bool = False): self.strict = strict
 
     def __call__(self, fn, *args):
@@ -132,7 +132,7 @@ class SubmititPool:
         self.threads = ThreadPoolExecutor(max(1, max_jobs), thread_name_prefix="submitit")
 
     def start(self, fn, job, *args, after: list = (), strict: bool = False):
-        """Submit `fn(job, *args)` as one submitit job named after `job.rel` (a `runner.Job`), after the Slurm jobs `after`;
+        """Submit `fn(job, *args)` as one submitit job named after `job.rel` (a `jobs.Job`), after the Slurm jobs `after`;
         returns the submitit job. `strict`: a failure fails the job (`RemoteCall`)."""
         e = submitit_executor(self.ex, self.folder / job.rel.replace("/", "__"), job.stage.key, name=f"sdlms:{job.rel}", after=after)
         sj = self.jobs[job.rel] = e.submit(RemoteCall(strict), fn, job, *args)
