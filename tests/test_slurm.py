@@ -59,15 +59,24 @@ def fake_slurm_deps(spool, jid):
     return json.loads((Path(spool) / "jobs.json").read_text())[jid]["deps"]
 
 
-def test_a_failed_job_cancels_what_waits_for_it(smoke_run, slurm, monkeypatch):
+def test_a_failed_job_cancels_what_waits_for_it_and_wait_reports_it(smoke_run, slurm):
+    "`--wait` follows the jobs; a failed job cancels the jobs waiting for it, and the waiting run names it."
+    import threading
     p = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
-    p.update(executor=SLURM, dynamic_k={"enabled": False})
-    d = run(p, **quiet)
-    sub = {m["stage"]: m["job_id"] for m in read_jsonl(d / "meta.jsonl") if m.get("event") == "submitted"}
-    shutil_rm = __import__("shutil").rmtree
-    def break_capture(jid, proc, rec):                               # the suite's models.json vanishes: capture fails
-        if jid == sub["capture/micro-tiny"]: (d / "suite" / "models.json").unlink()
-    jobs = fake_slurm.run_queue(slurm, on_start=break_capture)
+    p.update(name="smoke-wait", executor=SLURM, dynamic_k={"enabled": False})
+    out = {}
+    def cluster():                                                   # the queue starts once everything is submitted
+        while '"sdlms:_finalize"' not in ((slurm / "jobs.json").read_text() if (slurm / "jobs.json").exists() else ""): time.sleep(0.1)
+        d = max(Path(os.environ["SDLMS_ARTIFACTS"]).glob("*-smoke-wait"))
+        sub = {m["stage"]: m["job_id"] for m in read_jsonl(d / "meta.jsonl") if m.get("event") == "submitted"}
+        def break_capture(jid, proc, rec):                           # the suite's models.json vanishes: capture fails
+            if jid == sub["capture/micro-tiny"]: (d / "suite" / "models.json").unlink()
+        out.update(d=d, sub=sub, jobs=fake_slurm.run_queue(slurm, on_start=break_capture))
+    th = threading.Thread(target=cluster, daemon=True); th.start()
+    with pytest.raises(SdlmsError, match=r"Slurm jobs did not complete: .*capture/micro-tiny \(FAILED\).*sdlms run --resume"):
+        run(p, wait=True, poll_s=0.5, **quiet)
+    th.join(60)
+    d, sub, jobs = out["d"], out["sub"], out["jobs"]
     assert jobs[sub["capture/micro-tiny"]]["state"] == "FAILED"
     assert all(jobs[sub[r]]["state"] == "CANCELLED" for r in ("specialization/micro-tiny/L0", "scaling", "_finalize"))
     t = job_table(d).set_index("job")
