@@ -215,7 +215,8 @@ def capture(model, # a causal LM with registered MLP sites
             **settings, # single `CaptureConfig` fields overriding `cfg`
            ) -> dict:
     """Run `blocks` (a `ProbeBlocks`) through `model` once, hooking every layer in `layers` (each pass stops at the deepest one).
-    Returns `{layer: LayerStats.result()}`; with `cache_root`, writes `cache_root/L<layer>/` caches too. The measurement
+    Returns `{layer: LayerStats.result()}` (with the `batch_size` the passes ended at: out of device memory, a pass is
+    retried with half as many blocks, and nothing of the failed pass is kept); with `cache_root`, writes `cache_root/L<layer>/` caches too. The measurement
     settings come from `cfg` (a `CaptureConfig`; its defaults when None), single fields overridden by `settings`
     (`topk_fracs`, `rms_fracs`, `pr_token_rate`, `pr_max_tokens`, `pr_source`, `cache_dtype`, `shard_tokens`).
     The PR covariance and top-k mass use the seeded token subsample `pr_mask(...)`: accumulated during the
@@ -243,30 +244,45 @@ def capture(model, # a causal LM with registered MLP sites
         for l in layers:
             writers[l] = ActivationCacheWriter(Path(cache_root) / f"L{l}", sites[l].d_mlp, cfg.cache_dtype, cfg.shard_tokens,
                                                {**(cache_meta or {}), "layer": l, "site": sites[l].name})
-    cur, last = {}, max(layers, default=None)
+    pending, last = {}, max(layers, default=None)
     def make_hook(l):
         def hook(a_ND):
-            a = a_ND.detach()
-            sl = cur["sl"]
+            pending[l] = a_ND.detach()                    # kept until the whole pass succeeded
+            if l == last: raise StopForward               # nothing after the deepest site is needed
+        return hook
+    def commit(sl):
+        for l in layers:
+            a = pending.pop(l)
             if l in st: st[l].update(a.float().cpu() if a.device.type != "cpu" else a, task_T[sl],
                                      None if mask is None else mask[sl], block=blocks.block_size)
             if l in writers: writers[l].append(a)
-            if l == last: raise StopForward               # nothing after the deepest site is needed
-        return hook
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    bs, halved = batch_size, 0
     with ExitStack() as hooks, torch.inference_mode():
         for l in layers: hooks.enter_context(site_hook(sites[l].module, make_hook(l)))
-        for i in tqdm(range(0, len(ids), batch_size), desc=desc, disable=not progress, unit="batch", mininterval=2.0):
-            x = ids[i:i + batch_size]
-            cur["sl"] = slice(i * blocks.block_size, (i + len(x)) * blocks.block_size)
-            try: model(input_ids=x.to(dev), use_cache=False)
-            except StopForward: pass
+        bar = tqdm(total=len(ids), desc=desc, disable=not progress, unit="block", mininterval=2.0)
+        i = 0
+        while i < len(ids):
+            x = ids[i:i + bs]; pending.clear()
+            try:
+                try: model(input_ids=x.to(dev), use_cache=False)
+                except StopForward: pass
+            except oom:
+                pending.clear()
+                if dev.type == "cuda": torch.cuda.empty_cache()
+                if bs == 1: raise SdlmsError(f"{desc}: out of memory with one block of {blocks.block_size} tokens per pass; lower "
+                                             "block_size, use dtype: bfloat16, or a device with more memory") from None
+                bs, halved = max(1, bs // 2), halved + 1
+                continue
+            commit(slice(i * blocks.block_size, (i + len(x)) * blocks.block_size)); i += len(x); bar.update(len(x))
+        bar.close()
     for l, w in writers.items(): w.close(index)
     if stats and pr_source == "cache":
         rows = np.flatnonzero(mask_np)
         for l in tqdm(layers, desc=f"{desc}: PR from cache", disable=not progress, unit="layer"):
             for x in ActivationCache(Path(cache_root) / f"L{l}").iter_batches(4096, rows): st[l].update_heavy(x)
     out = {l: s.result() for l, s in st.items()}
-    for r in out.values(): r["pr_source"] = pr_source
+    for r in out.values(): r.update(pr_source=pr_source, batch_size=bs, oom_halvings=halved)
     return out
 
 # %% ../nbs/09_capture.ipynb #ee9cef13
