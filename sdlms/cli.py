@@ -24,7 +24,7 @@ def _parser():
     from sdlms.runner import STAGES
     r.add_argument("--stop-after", choices=[s.key for s in STAGES], help="stop after this stage (resume later)")
     r.add_argument("--no-report", action="store_true", help="skip the report")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal: one line per stage)")
     r.add_argument("--wait", action="store_true", help="Slurm executor: follow the submitted jobs until the run is complete (else submit and return)")
     rp = sub.add_parser("report", help="render a run's report (Quarto if installed, else nbconvert)")
     rp.add_argument("run", help="run folder or name under artifacts/")
@@ -51,7 +51,7 @@ def main(argv=None, # the arguments after the program name; None: `sys.argv[1:]`
             if a.params and a.resume: raise SdlmsError("give a params file or --resume <run>, not both")
             if not a.params and not a.resume: raise SdlmsError("give a params file (e.g. `sdlms run params/default.yaml`) or --resume <run>")
             d = run(a.params, resume=a.resume, workers=a.workers, stop_after=a.stop_after, report=not a.no_report,
-                    progress=not a.no_progress, wait=a.wait)
+                    progress=not a.no_progress and sys.stderr.isatty(), wait=a.wait)   # a log file gets one line per stage
             print(f"run folder: {d}")
         elif a.cmd == "report":
             from sdlms.report import build_report

@@ -237,5 +237,5 @@ def drain_progress(q, bars: dict):
     "Move the queued `(size, step, total, loss)` training progress of `train_size` onto the tqdm `bars` (by size)."
     while q is not None and not q.empty():
         s, step, total, loss = q.get()
-        b = bars[s]; b.total = total; b.n = step; b.set_postfix(loss=f"{loss:.3f}"); b.refresh()
+        b = bars[s]; b.total = total; b.n = step; b.set_postfix(loss=f"{loss:.3f}", refresh=False); b.refresh()   # one write per update
         if step == total: b.close()
