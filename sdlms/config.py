@@ -74,7 +74,7 @@ class SuiteParams:
     vocab_size: int = F(1024, (int,), "model vocabulary size")
     tokenizer_chars: int = F(200_000, (int,), "characters per task used to train the BPE")
     rotary_pct: float = F(1.0, (int, float), "share of head dims with rotary embeddings")
-    checkpoints: list = F([0.0, 0.0625, 0.125, 0.25, 0.5], (list,), "training checkpoints each model saves, as shares of its "
+    checkpoints: list = F([0.0, 0.015625, 0.03125, 0.0625, 0.125, 0.25, 0.5], (list,), "training checkpoints each model saves, as shares of its "
                           "training in [0, 1) (0: the initial weights); each is a revision step<N> of the model, and so is the trained model")
 
     def total_steps(self) -> int:
