@@ -24,8 +24,8 @@ from .params import check_models, load_params, params_dict, parse_params
 from .runs import merge_sparsity, merge_specialization, run_status, slug
 
 # %% auto #0
-__all__ = ['STAGES', 'TRAIN', 'KERNEL', 'FINALIZE', 'Stage', 'stages_dir', 'Job', 'plan', 'ensure_kernel', 'kernel_env',
-           'execute_stage', 'execute_job', 'finalize_run']
+__all__ = ['STAGES', 'TRAIN', 'KERNEL', 'WARM_IMPORTS', 'FINALIZE', 'Stage', 'stages_dir', 'Job', 'plan', 'ensure_kernel',
+           'kernel_env', 'WarmKernel', 'execute_stage', 'execute_job', 'finalize_run']
 
 # %% ../nbs/30_jobs.ipynb #59c87adc
 @dataclass
@@ -137,6 +137,52 @@ def kernel_env():
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     os.environ["SDLMS_ROOT"] = str(repo_root())
 
+# %% ../nbs/30_jobs.ipynb #b59b51ab
+WARM_IMPORTS = "import numpy, pandas, plotly, torch, transformers, sdlms.runs"   # what every stage imports first
+
+class WarmKernel:
+    """One stage kernel started ahead of need in a worker process, with `WARM_IMPORTS` done, so that the next stage does
+    not wait for a kernel to start and import torch (about 3 s). Each stage still gets a fresh kernel: `take` hands
+    the warm one over (and starts the next in the background), and the stage's kernel is killed when it is done."""
+    _next = None   # a Future of (kernel manager, kernel client), per process
+
+    @classmethod
+    def _start(cls):
+        from jupyter_client.manager import start_new_kernel
+        kernel_env()
+        km, kc = start_new_kernel(kernel_name=ensure_kernel())
+        kc.execute_interactive(WARM_IMPORTS, timeout=600, output_hook=lambda msg: None)   # its warnings are not the run's output
+        return km, kc
+
+    @classmethod
+    def prepare(cls):
+        "Start a warm kernel in the background unless one is on its way."
+        if cls._next is None:
+            from concurrent.futures import ThreadPoolExecutor
+            import atexit, multiprocessing.util
+            if not hasattr(cls, "_pool"):    # killed at exit: a pool worker's exit runs multiprocessing's finalizers, not atexit
+                cls._pool = ThreadPoolExecutor(1); atexit.register(cls.close); multiprocessing.util.Finalize(cls, cls.close, exitpriority=10)
+            cls._next = cls._pool.submit(cls._start)
+
+    @classmethod
+    def take(cls, cwd):
+        "The warm kernel's manager, its working folder set to `cwd`, and the next one started; None when it failed or died."
+        fut, cls._next = cls._next, None
+        cls.prepare()
+        try: km, kc = fut.result() if fut is not None else (None, None)
+        except Exception: return None
+        if km is None or not km.is_alive(): return None
+        try: kc.execute_interactive(f"import os; os.chdir({str(cwd)!r})", timeout=60, output_hook=lambda msg: None)
+        finally: kc.stop_channels()
+        return km
+
+    @classmethod
+    def close(cls):
+        "Kill the waiting warm kernel (at the worker's exit)."
+        fut, cls._next = cls._next, None
+        if fut is not None and fut.done() and fut.exception() is None:
+            km, kc = fut.result(); kc.stop_channels(); km.shutdown_kernel(now=True)
+
 # %% ../nbs/30_jobs.ipynb #51333ea3
 def execute_stage(notebook: str, # file name in `nbs/stages/`
                   run_dir: str, # the run folder
@@ -145,6 +191,7 @@ def execute_stage(notebook: str, # file name in `nbs/stages/`
                   log_output: bool = False, # echo the notebook's output while it runs
                   extra: dict | None = None, # further notebook parameters (e.g. `layer`)
                   resumable: bool = False, # keep a `.partial` folder left by an earlier attempt (the stage resumes from its checkpoints)
+                  warm: bool = False, # run in this process's `WarmKernel` (a pool worker), and start the next one
                  ) -> dict:
     """Execute one stage notebook into `run_dir/out_rel.partial/`, then publish it as `run_dir/out_rel/`.
     On failure the `.partial` folder keeps the executed notebook (error cell marked) and an error is raised. A `.partial`
@@ -163,11 +210,14 @@ def execute_stage(notebook: str, # file name in `nbs/stages/`
     params.update(extra or {})
     src = stages_dir() / notebook
     t0 = time.perf_counter()
+    km = WarmKernel.take(part) if warm else None
     try:
         pm.execute_notebook(str(src), str(part / notebook), parameters=params, kernel_name=ensure_kernel(),
-                            cwd=str(part), progress_bar=False, log_output=log_output)
+                            cwd=str(part), progress_bar=False, log_output=log_output, **({"km": km} if km else {}))
     except pm.PapermillExecutionError as e:
         raise SdlmsError(f"stage {out_rel} failed: {e.ename}: {e.evalue}\n  see the executed notebook {part / notebook}") from None
+    finally:
+        if km is not None: km.shutdown_kernel(now=True)      # ours, not papermill's: killed at once
     secs = time.perf_counter() - t0
     meta = json.loads((part / "meta.json").read_text()) if (part / "meta.json").exists() else {}
     os.replace(part, final)
@@ -182,11 +232,12 @@ def execute_job(job: Job, # the job to run
                 seed: int = 0, # the run's seed (`train` jobs)
                 q=None, # a queue for training progress; None: none reported
                 record: bool = False, # append the job's meta record to the run's meta.jsonl (jobs nobody waits for)
+                warm: bool = False, # stage notebooks run in a `WarmKernel` (pool workers)
                ) -> dict:
     """Execute one job in this process: a stage notebook (`execute_stage`), or for the suite's `train` jobs its data or
     one size. Returns the job's meta record."""
     if job.stage.key != "train":
-        info = execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra, resumable=job.stage.resumable)
+        info = execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra, resumable=job.stage.resumable, warm=warm)
         if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})
         return info
     from sdlms.suite import prepare_suite, train_size

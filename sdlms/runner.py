@@ -192,7 +192,7 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, 
             if gpus: log(f"  GPUs {', '.join(gpus)}: one per worker ({min(len(gpus), workers)} of {workers} workers)")
             with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=worker_init, initargs=("ignore", gq)) as ex:
                 try:
-                    run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None),
+                    run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None, False, True),
                              workers, is_done, on_done, priority=lambda js: job_priority(js, facts), poll=lambda: drain_progress(q, tbars))
                 except BaseException:
                     _stop_workers(ex); raise
