@@ -247,7 +247,7 @@ def capture(model, # a causal LM with registered MLP sites
     pending, last = {}, max(layers, default=None)
     def make_hook(l):
         def hook(a_ND):
-            pending[l] = a_ND.detach()                    # kept until the whole pass succeeded
+            pending[l] = a_ND.detach().cpu()              # kept (off the device) until the whole pass succeeded
             if l == last: raise StopForward               # nothing after the deepest site is needed
         return hook
     def commit(sl):
@@ -268,7 +268,9 @@ def capture(model, # a causal LM with registered MLP sites
                 try: model(input_ids=x.to(dev), use_cache=False)
                 except StopForward: pass
             except oom:
-                pending.clear()
+                pending.clear(); failed = True
+            else: failed = False
+            if failed:                                    # outside the handler: its traceback no longer holds the pass's tensors
                 if dev.type == "cuda": torch.cuda.empty_cache()
                 if bs == 1: raise SdlmsError(f"{desc}: out of memory with one block of {blocks.block_size} tokens per pass; lower "
                                              "block_size, use dtype: bfloat16, or a device with more memory") from None

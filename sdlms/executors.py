@@ -80,6 +80,7 @@ def submitit_executor(ex: ExecutorParams, # the run's executor settings
                       stage: str, # the job's stage key: its resources
                       name: str = "sdlms", # the job name
                       after: list = (), # Slurm job ids that must complete first (`--dependency=afterok:...`)
+                      resumable: bool = False, # the stage resumes from its checkpoints: Slurm requeues it after a timeout too
                      ):
     """A submitit `LocalExecutor` or `SlurmExecutor` set up with the stage's resources (Slurm: `check_executor` first).
     `after` makes a Slurm job wait for those jobs to complete; if one of them fails the job is cancelled, not left pending."""
@@ -91,7 +92,9 @@ def submitit_executor(ex: ExecutorParams, # the run's executor settings
         e = submitit.LocalExecutor(folder=str(folder))
         e.update_parameters(timeout_min=int(r.get("time_min", 24 * 60)), nodes=1, tasks_per_node=1, **gpus)
         return e
-    e = submitit.SlurmExecutor(folder=str(folder))
+    # a preempted job is always requeued; one that ran out of time only when it resumes from its checkpoints (else it
+    # would start over and time out again)
+    e = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=3 if resumable else 0)
     dep = {"dependency": "afterok:" + ":".join(map(str, after))} if after else {}
     extra = {**({"kill-on-invalid-dep": "yes"} if after else {}), **dict(ex.slurm_extra or {})}
     e.update_parameters(job_name=name, partition=ex.partition, time=int(r["time_min"]), cpus_per_task=int(r["cpus"]),
@@ -131,10 +134,11 @@ class SubmititPool:
         self.ex, self.folder, self.jobs = ex, Path(folder), {}
         self.threads = ThreadPoolExecutor(max(1, max_jobs), thread_name_prefix="submitit")
 
-    def start(self, fn, job, *args, after: list = (), strict: bool = False):
+    def start(self, fn, job, *args, after: list = (), strict: bool = False, resumable: bool = False):
         """Submit `fn(job, *args)` as one submitit job named after `job.rel` (a `jobs.Job`), after the Slurm jobs `after`;
         returns the submitit job. `strict`: a failure fails the job (`RemoteCall`)."""
-        e = submitit_executor(self.ex, self.folder / job.rel.replace("/", "__"), job.stage.key, name=f"sdlms:{job.rel}", after=after)
+        e = submitit_executor(self.ex, self.folder / job.rel.replace("/", "__"), job.stage.key, name=f"sdlms:{job.rel}", after=after,
+                              resumable=resumable)
         sj = self.jobs[job.rel] = e.submit(RemoteCall(strict), fn, job, *args)
         return sj
 

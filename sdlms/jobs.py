@@ -146,12 +146,28 @@ class WarmKernel:
     the warm one over (and starts the next in the background), and the stage's kernel is killed when it is done."""
     _next = None   # a Future of (kernel manager, kernel client), per process
 
+    @staticmethod
+    def _manager():
+        """A kernel manager whose clients are asynchronous, as nbclient's own are (a blocking one would wait forever on a
+        kernel that died), and that remembers them so the stage's `finish` stops their channels."""
+        from jupyter_client.manager import KernelManager
+        from traitlets import DottedObjectName
+        class Manager(KernelManager):
+            client_class = DottedObjectName("jupyter_client.asynchronous.AsyncKernelClient")
+            def client(self, **kw):
+                c = super().client(**kw); self.made = [*getattr(self, "made", []), c]; return c
+        return Manager(kernel_name=ensure_kernel())
+
     @classmethod
     def _start(cls):
-        from jupyter_client.manager import start_new_kernel
         kernel_env()
-        km, kc = start_new_kernel(kernel_name=ensure_kernel())
-        kc.execute_interactive(WARM_IMPORTS, timeout=600, output_hook=lambda msg: None)   # its warnings are not the run's output
+        km = cls._manager(); km.start_kernel()
+        kc = km.blocking_client()
+        try:
+            kc.start_channels(); kc.wait_for_ready(timeout=120)
+            kc.execute_interactive(WARM_IMPORTS, timeout=600, output_hook=lambda msg: None)   # its warnings are not the run's output
+        except BaseException:
+            kc.stop_channels(); km.shutdown_kernel(now=True); raise
         return km, kc
 
     @classmethod
@@ -171,17 +187,31 @@ class WarmKernel:
         cls.prepare()
         try: km, kc = fut.result() if fut is not None else (None, None)
         except Exception: return None
-        if km is None or not km.is_alive(): return None
-        try: kc.execute_interactive(f"import os; os.chdir({str(cwd)!r})", timeout=60, output_hook=lambda msg: None)
+        if km is None: return None
+        try:
+            if not km.is_alive(): raise RuntimeError("the warm kernel died")
+            kc.execute_interactive(f"import os; os.chdir({str(cwd)!r})", timeout=60, output_hook=lambda msg: None)
+        except Exception:
+            cls.finish(km); return None
         finally: kc.stop_channels()
         return km
+
+    @staticmethod
+    def finish(km):
+        "Stop the channels of every client of `km` (nbclient leaves a handed-over manager's clients open) and kill its kernel."
+        for c in getattr(km, "made", []):
+            try: c.stop_channels()
+            except Exception: pass
+        km.shutdown_kernel(now=True)
 
     @classmethod
     def close(cls):
         "Kill the waiting warm kernel (at the worker's exit)."
         fut, cls._next = cls._next, None
-        if fut is not None and fut.done() and fut.exception() is None:
-            km, kc = fut.result(); kc.stop_channels(); km.shutdown_kernel(now=True)
+        if fut is None: return
+        try: km, kc = fut.result(timeout=150)      # one still starting is waited for, then killed
+        except Exception: return
+        kc.stop_channels(); km.shutdown_kernel(now=True)
 
 # %% ../nbs/30_jobs.ipynb #51333ea3
 def execute_stage(notebook: str, # file name in `nbs/stages/`
@@ -216,8 +246,11 @@ def execute_stage(notebook: str, # file name in `nbs/stages/`
                             cwd=str(part), progress_bar=False, log_output=log_output, **({"km": km} if km else {}))
     except pm.PapermillExecutionError as e:
         raise SdlmsError(f"stage {out_rel} failed: {e.ename}: {e.evalue}\n  see the executed notebook {part / notebook}") from None
+    except Exception as e:           # the kernel died (out of memory, a crash) or never started
+        raise SdlmsError(f"stage {out_rel} failed: its kernel stopped ({type(e).__name__}: {str(e)[:200]})\n  see the executed notebook "
+                         f"{part / notebook}") from None
     finally:
-        if km is not None: km.shutdown_kernel(now=True)      # ours, not papermill's: killed at once
+        if km is not None: WarmKernel.finish(km)              # ours, not papermill's: killed at once
     secs = time.perf_counter() - t0
     meta = json.loads((part / "meta.json").read_text()) if (part / "meta.json").exists() else {}
     os.replace(part, final)
@@ -236,6 +269,11 @@ def execute_job(job: Job, # the job to run
                ) -> dict:
     """Execute one job in this process: a stage notebook (`execute_stage`), or for the suite's `train` jobs its data or
     one size. Returns the job's meta record."""
+    final = Path(run_dir) / job.rel
+    if job.stage.key != "train" and final.exists() and (final / "meta.json").exists():   # a requeued job whose stage had finished
+        info = {**json.loads((final / "meta.json").read_text()), "stage": job.rel, "notebook": job.stage.notebook, "model": job.model}
+        if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})
+        return info
     if job.stage.key != "train":
         info = execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra, resumable=job.stage.resumable, warm=warm)
         if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})

@@ -85,6 +85,12 @@ def check_models(p: RunParams, # validated params
         raise SdlmsError("the params do not fit the models:\n" + "\n".join(f"  - {e}" for e in dict.fromkeys(errors)))
     return out
 
+# %% ../nbs/05_params.ipynb #4b294804
+def _suite_ok(s) -> bool:
+    "Whether the suite settings name their checkpoint steps (`SuiteParams.checkpoint_steps`) without failing."
+    return all(getattr(s, k) >= 1 for k in ("train_tokens", "seq_len", "batch_size")) and \
+        all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < 1 for f in s.checkpoints)
+
 # %% ../nbs/05_params.ipynb #8214ec99
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -145,9 +151,10 @@ def validate(p: RunParams, # the params built by `build_section`
     s = p.suite
     for k in ("train_tokens", "seq_len", "batch_size", "vocab_size", "tokenizer_chars"):
         if getattr(s, k) < 1: errors.append(f"suite.{k}: must be >= 1, got {getattr(s, k)}")
-    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < 1 for f in s.checkpoints):
-        errors.append(f"suite.checkpoints: shares of training in [0, 1) (the trained model is always saved), got {s.checkpoints}")
-        s = None
+    if not _suite_ok(s):
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < 1 for f in s.checkpoints):
+            errors.append(f"suite.checkpoints: shares of training in [0, 1) (the trained model is always saved), got {s.checkpoints}")
+        s = None                                       # its checkpoint steps cannot be named: revisions are not checked
     # tasks
     try: man = load_manifest(p.tasks_manifest)
     except SdlmsError as e: errors.append(str(e)); man = None
@@ -251,6 +258,7 @@ def expand_revisions(p: RunParams, # the params built by `build_section`
     from dataclasses import replace
     r = p.revisions
     if not r: return p
+    if r == "checkpoints" and not _suite_ok(p.suite): return p      # `validate` names the suite's problem
     if isinstance(r, str) and r != "checkpoints":
         errors.append(f"revisions: a list of revision names, or 'checkpoints' (every checkpoint of the micro-suite), got {r!r}"); return p
     if isinstance(r, list) and not all(isinstance(x, str) and x and "@" not in x and "/" not in x for x in r):

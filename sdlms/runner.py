@@ -22,7 +22,7 @@ from .core import SdlmsError, append_jsonl, hash_json, package_versions, repo_ro
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
 from .executors import SubmititPool, check_executor, gpu_ids, worker_init
-from .runs import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states
+from .runs import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states, SLURM_FINAL
 from .jobs import (FINALIZE, KERNEL, STAGES, TRAIN, Job, Stage, _finalize_job, ensure_kernel, execute_job, execute_stage,
                         finalize_run, kernel_env, plan, stages_dir)
 
@@ -227,7 +227,8 @@ def _refuse_live_slurm_jobs(run_dir):
         for line in (run_dir / "meta.jsonl").read_text().splitlines():
             r = json.loads(line)
             if r.get("event") == "submitted" and r.get("executor") == "slurm": sub[r["stage"]] = r["job_id"]
-    live = {rel: i for rel, i in sub.items() if slurm_states(list(sub.values())).get(i) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")}
+    states = slurm_states(list(sub.values()))
+    live = {rel: i for rel, i in sub.items() if i in states and states[i] not in SLURM_FINAL}   # queued, running, held, ...
     if live:
         raise SdlmsError(f"run {run_dir.name} still has Slurm jobs queued or running ({', '.join(f'{r}: {i}' for r, i in list(live.items())[:5])}"
                          f"{', ...' if len(live) > 5 else ''}); follow them with `sdlms status {run_dir.name}`, or cancel them with "
@@ -240,13 +241,19 @@ def _submit_run(run_dir, p, jobs, whole, is_done, suite_cfg, report, wait, poll_
     pool = SubmititPool(p.executor, run_dir / "_jobs", 1)
     ids = {}
     def submit(j, fn, *args, after=()):
-        sj = pool.start(fn, j, *args, after=after, strict=True); ids[j.rel] = str(sj.job_id)
+        sj = pool.start(fn, j, *args, after=after, strict=True, resumable=j.stage.resumable); ids[j.rel] = str(sj.job_id)
         append_jsonl(run_dir / "meta.jsonl", {"event": "submitted", "stage": j.rel, "executor": "slurm", "job_id": str(sj.job_id),
                                               "stdout": str(sj.paths.stdout)})
-    for j in jobs:                # plan order: a job's inputs come before it
-        if not is_done(j): submit(j, execute_job, str(run_dir), suite_cfg, p.seed, None, True, after=[ids[d] for d in j.deps if d in ids])
-    if whole: submit(Job(FINALIZE, None, "_finalize", {}), _finalize_job, str(run_dir), report, after=list(ids.values()))
-    st = run_status(run_dir); st.update(status="submitted", submitted=dt.datetime.now().isoformat(timespec="seconds")); write_json(run_dir / "run.json", st)
+    st = run_status(run_dir); st.update(status="submitted", submitted=dt.datetime.now().isoformat(timespec="seconds"))
+    write_json(run_dir / "run.json", st)       # before any job: the finalize job may start (and write 'complete') at once
+    try:
+        for j in jobs:            # plan order: a job's inputs come before it
+            if not is_done(j): submit(j, execute_job, str(run_dir), suite_cfg, p.seed, None, True, after=[ids[d] for d in j.deps if d in ids])
+        if whole: submit(Job(FINALIZE, None, "_finalize", {}), _finalize_job, str(run_dir), report, after=list(ids.values()))
+    except BaseException as e:    # a half-submitted run: cancel what is queued, say so
+        pool.cancel()
+        raise SdlmsError(f"submitting to Slurm failed after {len(ids)} jobs ({type(e).__name__}: {str(e)[:300]}); those jobs are "
+                         f"cancelled; fix the cause and `sdlms run --resume {run_dir.name}`") from None
     last = "; the last one completes the run and builds its report" if whole else ""
     log(f"submitted {len(ids)} Slurm jobs{last}; follow them with `sdlms status {run_dir.name}`")
     if not wait: return run_dir
@@ -257,7 +264,7 @@ def _submit_run(run_dir, p, jobs, whole, is_done, suite_cfg, report, wait, poll_
             bar.n = sum(map(is_done, stage_jobs)); bar.refresh()
             if run_status(run_dir).get("status") == "complete" or (not whole and all(map(is_done, jobs))): return run_dir
             states = slurm_states(list(ids.values()))
-            bad = {rel: states[i] for rel, i in ids.items() if states.get(i) in ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")}
+            bad = {rel: states[i] for rel, i in ids.items() if states.get(i) in (*SLURM_FINAL[1:], "REQUEUE_HOLD", "SPECIAL_EXIT")}
             if bad:
                 raise SdlmsError("Slurm jobs did not complete: " + ", ".join(f"{r} ({s})" for r, s in bad.items()) +
                                  f"; see `sdlms status {run_dir.name}` for their logs, then `sdlms run --resume {run_dir.name}`")

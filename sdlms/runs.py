@@ -19,9 +19,9 @@ from .config import RunParams
 from .params import load_params, params_dict, parse_params
 
 # %% auto #0
-__all__ = ['SLURM_STATES', 'slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock', 'slurm_states',
-           'job_table', 'merge_csv', 'merge_sparsity', 'merge_specialization', 'StageContext', 'stage_context',
-           'resolve_model']
+__all__ = ['SLURM_STATES', 'SLURM_FINAL', 'slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock',
+           'slurm_states', 'job_table', 'merge_csv', 'merge_sparsity', 'merge_specialization', 'StageContext',
+           'stage_context', 'resolve_model']
 
 # %% ../nbs/26_runs.ipynb #f50a4d0a
 def slug(model: str, # a model spec: micro-suite name, packaged name, hub id or local path
@@ -104,7 +104,8 @@ class RunLock:
 # %% ../nbs/26_runs.ipynb #18a90d32
 SLURM_STATES = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
                 "COMPLETED": "done", "FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed",
-                "NODE_FAIL": "failed", "PREEMPTED": "queued", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
+                "NODE_FAIL": "failed", "PREEMPTED": "queued", "BOOT_FAIL": "failed", "DEADLINE": "failed", "REQUEUE_HOLD": "held",
+                "SPECIAL_EXIT": "held", "SUSPENDED": "running", "STOPPED": "running"}
 
 def slurm_states(job_ids: list, # Slurm job ids
                 ) -> dict:
@@ -112,11 +113,19 @@ def slurm_states(job_ids: list, # Slurm job ids
     reason such as 'CANCELLED by 1000' cut to its state); empty when there are no ids or no `sacct` here."""
     import shutil, subprocess
     ids = [str(i) for i in job_ids if i]
-    if not ids or shutil.which("sacct") is None: return {}
-    try: out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)], capture_output=True,
-                              text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError): return {}
-    return {a: (b.split() or ["UNKNOWN"])[0] for a, _, b in (l.partition("|") for l in out.splitlines() if "|" in l)}
+    out = {}
+    for cmd in (["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],   # accounting: finished jobs too
+                ["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T"]):              # the queue, where accounting lags or is off
+        if not ids or shutil.which(cmd[0]) is None: continue
+        try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError): continue
+        if r.returncode: continue
+        for a, _, b in (l.partition("|") for l in r.stdout.splitlines() if "|" in l):
+            out.setdefault(a.strip(), (b.split() or ["UNKNOWN"])[0])
+        ids = [i for i in ids if i not in out]
+    return out
+
+SLURM_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 
 # %% ../nbs/26_runs.ipynb #5751901d
 def job_table(run_dir, # a run folder

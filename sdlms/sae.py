@@ -202,10 +202,12 @@ def evaluate(
 class TrainingError(SdlmsError): "Training stopped on a non-finite loss; the last good checkpoint is kept."
 
 # %% ../nbs/17_sae.ipynb #affed9ff
-def _save_ckpt(trainer, root: Path, name: str) -> Path:
+def _save_ckpt(trainer, root: Path, name: str, state: dict | None = None) -> Path:
+    "Save a checkpoint (with `state` as sdlms_state.json) to `root/<name>.partial`, then rename it: a checkpoint folder is complete."
     tmp = root / f"{name}.partial"
     if tmp.exists(): shutil.rmtree(tmp)
     trainer.save_checkpoint(name + ".partial", base_path=root)
+    if state is not None: write_json(tmp / "sdlms_state.json", state)
     final = root / name
     if final.exists(): shutil.rmtree(final)
     os.replace(tmp, final)
@@ -279,8 +281,7 @@ def train_sae(
             bar.set_postfix(holdout_ev=f"{ev['explained_variance']:.3f}", l0=f"{ev['l0']:.1f}")
         state["curve"].append(row)
         if p.checkpoint_every and step % p.checkpoint_every == 0 and step < steps:
-            ck = _save_ckpt(trainer, ck_root, f"step_{step}")
-            write_json(ck / "sdlms_state.json", {**state, "step": step})
+            ck = _save_ckpt(trainer, ck_root, f"step_{step}", {**state, "step": step})
             for old in ck_root.glob("step_*[0-9]"):
                 if old != ck: shutil.rmtree(old)
         if stop_after_steps and step >= stop_after_steps: bar.close(); return {"interrupted_at": step}

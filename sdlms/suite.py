@@ -166,7 +166,8 @@ def prepare_suite(cfg: SuiteParams, # the suite settings
 def is_trained(cfg: SuiteParams, seed: int, size: str) -> bool:
     "Whether suite size `size` is in the cache (trained and saved with its random-init twin and its checkpoints)."
     root, n = suite_dir(cfg, seed), model_name(size)
-    return (root / n / "sdlms_train.json").exists() and all((root / f"{n}-ckpt" / f"step{s}").exists() for s in cfg.checkpoint_steps()[1:-1])
+    steps = cfg.checkpoint_steps()
+    return (root / n / "sdlms_train.json").exists() and all((root / f"{n}-ckpt" / f"step{s}").exists() for s in steps if 0 < s < steps[-1])
 
 # %% ../nbs/06_suite.ipynb #f84b4058
 def train_size(size: str, # a key of `SIZES`
@@ -181,7 +182,7 @@ def train_size(size: str, # a key of `SIZES`
     name = model_name(size)
     def prog(step, total, loss):
         if q is not None and (step % 5 == 0 or step == total): q.put((size, step, total, loss))
-    if len(blocks) // cfg.batch_size != cfg.total_steps():   # the checkpoint steps are named from `total_steps` before training
+    if max(1, len(blocks) // cfg.batch_size) != cfg.total_steps():   # the checkpoint steps are named from `total_steps` before training
         raise SdlmsError(f"suite blocks give {len(blocks) // cfg.batch_size} steps, SuiteParams.total_steps() {cfg.total_steps()}: they must agree")
     info = train_model(size, blocks, root / name, root / f"{name}-init", seed=seed,
                        batch_size=cfg.batch_size, vocab_size=cfg.vocab_size, rotary_pct=cfg.rotary_pct,

@@ -93,7 +93,8 @@ def run_queue(spool, on_start=None, timeout: float = 1200):
     while time.time() - t0 < timeout:
         with _db(spool) as jobs:
             for j, r in jobs.items():
-                if r["state"] == "PENDING" and any(jobs[d]["state"] in DONE_BAD for d in r["deps"]): r["state"] = "CANCELLED"
+                if r["state"] == "PENDING" and r["kill_on_invalid_dep"] and any(jobs[d]["state"] in DONE_BAD for d in r["deps"]):
+                    r["state"] = "CANCELLED"                # without the flag Slurm leaves it pending for ever (DependencyNeverSatisfied)
             ready = [j for j, r in jobs.items() if r["state"] == "PENDING" and all(jobs[d]["state"] == "COMPLETED" for d in r["deps"])]
             if not ready: return jobs
             j = max(ready, key=int); r = jobs[j]

@@ -99,10 +99,12 @@ def test_preempted_sae_job_requeues_and_resumes_from_its_checkpoint(slurm):
         if jid != sub["sae/micro-tiny/L1"] or sent: return
         def watch():
             while proc.poll() is None:
-                if list((d / "sae/micro-tiny/L1.partial").glob("*/checkpoints/step_*")):
+                if list((d / "sae/micro-tiny/L1.partial").glob("*/checkpoints/step_*[0-9]")):   # a complete checkpoint
                     for c in psutil.Process(proc.pid).children(recursive=True):     # the job step: srun, which passes it on
-                        if Path(c.cmdline()[1]).name == "srun": c.send_signal(signal.SIGUSR2); sent.append(c.pid)
-                    return
+                        try:
+                            if Path(c.cmdline()[1]).name == "srun": c.send_signal(signal.SIGUSR2); sent.append(c.pid)
+                        except (psutil.Error, IndexError): pass                    # a short-lived child gone meanwhile
+                    if sent: return
                 time.sleep(0.02)
         threading.Thread(target=watch, daemon=True).start()
     jobs = fake_slurm.run_queue(slurm, on_start=preempt)
