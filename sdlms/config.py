@@ -35,7 +35,9 @@ def split_revision(spec: str, # a model spec, optionally with `@<revision>`
                   ) -> tuple:
     """`(model, revision)` of a model spec: `EleutherAI/pythia-410m-deduped@step143000` gives the hub id and `step143000`
     (passed to `from_pretrained(revision=...)`), `micro-s@step97` a micro-suite checkpoint; revision None without `@`.
-    A revision never holds a `/`, so a path with `@` in a folder name is left whole."""
+    A revision never holds a `/`, and an existing path is left whole (a folder named `ckpt@v2` is not a revision)."""
+    from pathlib import Path
+    if Path(str(spec)).expanduser().exists(): return str(spec), None
     base, sep, rev = str(spec).rpartition("@")
     if not sep or not base or not rev or "/" in rev: return str(spec), None
     return base, rev
@@ -214,11 +216,14 @@ class RunParams:
                         ", ".join(OVERRIDE_KEYS) + " (capture, sae and specialization merged key by key over the run's)")
 
     def for_model(self, model: str) -> "RunParams":
-        "The params as they apply to `model`: the run's settings with `overrides[model]` merged in."
-        o = (self.overrides or {}).get(model) or (self.overrides or {}).get(split_revision(model)[0])   # a revision: its model's
-        if not o: return self
-        errors = []
-        q = build_section(RunParams, merge_overrides(asdict(self), o), "", errors)
+        """The params as they apply to `model`: the run's settings with `overrides[model]` merged in; for a revision
+        (`<model>@<revision>`) its model's overrides first, then the revision's own."""
+        ov, base = self.overrides or {}, split_revision(model)[0]
+        layers = [o for o in ((ov.get(base) if base != model else None), ov.get(model)) if o]
+        if not layers: return self
+        errors, d = [], asdict(self)
+        for o in layers: d = merge_overrides(d, o)
+        q = build_section(RunParams, d, "", errors)
         if errors: raise SdlmsError(f"overrides.{model}: " + "; ".join(errors))
         return q
 
