@@ -211,7 +211,7 @@ class WarmKernel:
         if fut is None: return
         try: km, kc = fut.result(timeout=150)      # one still starting is waited for, then killed
         except Exception: return
-        kc.stop_channels(); km.shutdown_kernel(now=True)
+        kc.stop_channels(); cls.finish(km)
 
 # %% ../nbs/30_jobs.ipynb #51333ea3
 def execute_stage(notebook: str, # file name in `nbs/stages/`
@@ -272,18 +272,15 @@ def execute_job(job: Job, # the job to run
     final = Path(run_dir) / job.rel
     if job.stage.key != "train" and final.exists() and (final / "meta.json").exists():   # a requeued job whose stage had finished
         info = {**json.loads((final / "meta.json").read_text()), "stage": job.rel, "notebook": job.stage.notebook, "model": job.model}
-        if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})
-        return info
-    if job.stage.key != "train":
+    elif job.stage.key != "train":
         info = execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra, resumable=job.stage.resumable, warm=warm)
-        if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})
-        return info
-    from sdlms.suite import prepare_suite, train_size
-    t0 = time.perf_counter()
-    if job.model is None: prepare_suite(SuiteParams(**suite), seed); info = {}
-    else: info = train_size(job.model[len("micro-"):], suite, seed, q)
-    info = {"stage": job.rel, "model": job.model, "seconds": round(time.perf_counter() - t0, 2),
-            **{k: info[k] for k in ("params", "steps", "final_loss") if k in info}}
+    else:
+        from sdlms.suite import prepare_suite, train_size
+        t0 = time.perf_counter()
+        if job.model is None: prepare_suite(SuiteParams(**suite), seed); info = {}
+        else: info = train_size(job.model[len("micro-"):], suite, seed, q)
+        info = {"stage": job.rel, "model": job.model, "seconds": round(time.perf_counter() - t0, 2),
+                **{k: info[k] for k in ("params", "steps", "final_loss") if k in info}}
     if record: append_jsonl(Path(run_dir) / "meta.jsonl", {"event": "stage", **info})
     return info
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import yaml
 
-from .core import SdlmsError, append_jsonl, hash_json, package_versions, repo_root, write_json
+from .core import SdlmsError, append_jsonl, hash_json, package_versions, read_jsonl, repo_root, write_json
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
 from .executors import SubmititPool, check_executor, gpu_ids, worker_init
@@ -222,11 +222,8 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, 
 # %% ../nbs/31_runner.ipynb #09ce1038
 def _refuse_live_slurm_jobs(run_dir):
     "A submitted run is resumed only once none of its Slurm jobs is queued or running (else they would run twice)."
-    sub = {}
-    if (run_dir / "meta.jsonl").exists():
-        for line in (run_dir / "meta.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            if r.get("event") == "submitted" and r.get("executor") == "slurm": sub[r["stage"]] = r["job_id"]
+    recs = read_jsonl(run_dir / "meta.jsonl") if (run_dir / "meta.jsonl").exists() else []
+    sub = {r["stage"]: r["job_id"] for r in recs if r.get("event") == "submitted" and r.get("executor") == "slurm"}
     states = slurm_states(list(sub.values()))
     live = {rel: i for rel, i in sub.items() if i in states and states[i] not in SLURM_FINAL}   # queued, running, held, ...
     if live:
