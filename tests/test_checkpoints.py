@@ -43,4 +43,5 @@ def test_checkpoints_are_models_of_the_run(smoke_run):
     assert ck.groupby(["metric", "layer"]).size().eq(3).all() and ck.metric.nunique() == 5
     z = ck[(ck.metric == "activation fraction (> 0)") & (ck.step == 0)].sort_values("layer").value.tolist()
     assert z == plain.init_frac_active.tolist()
-    assert (d / "scaling/checkpoints.html").exists() and "90_scaling.ipynb#fig-ckpt" in (d / "index.qmd").read_text()
+    assert (d / "scaling/checkpoints.html").exists() and "When during training does it form?" in (d / "index.qmd").read_text()
+    assert 'data-fig="fig-checkpoints-0"' in (d / "index.qmd").read_text()          # the step-axis figure is drawn on the overview

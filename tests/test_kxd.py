@@ -73,7 +73,7 @@ def test_seeds_agree_with_themselves():
 
 
 def test_report_shows_the_table_and_verdicts(tmp_path):
-    from sdlms.report import _nbconvert_site, check_quarto_project, write_quarto_project
+    from sdlms.report import _fallback_site, check_quarto_project, write_quarto_project
     run = tmp_path / "run"; (run / "sae_summary").mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"status": "complete"}))
     table, v = kxd_comparison(_ours_from_seeds())
@@ -82,8 +82,8 @@ def test_report_shows_the_table_and_verdicts(tmp_path):
     q = (run / "index.qmd").read_text()
     assert "## K x d: our table beside the seeds'" in q and "seed_spec_rate" in q
     assert "- m L3, specialization rate vs K: **agree**." in q and check_quarto_project(run) == []
-    page = _nbconvert_site(run).read_text()
-    assert "K x d: our table beside the seeds" in page and "<b>agree</b>" in page and "seed_dead_frac" in page
+    page = _fallback_site(run).read_text()
+    assert "K x d: our table beside the seeds" in page and "<strong>agree</strong>" in page and "seed_dead_frac" in page
     # a run without the comparison has no such section
     (run / "sae_summary" / "kxd.csv").unlink(); write_quarto_project(run)
     assert "K x d" not in (run / "index.qmd").read_text()

@@ -82,22 +82,20 @@ def test_report_site_and_quarto_config(smoke_run):
     assert check_quarto_project(smoke_run) == []
     cfg = yaml.safe_load((smoke_run / "_quarto.yml").read_text())
     assert cfg["project"]["type"] == "website" and cfg["execute"]["enabled"] is False
-    assert set(cfg["project"]["render"]) == {"index.qmd", "suite/00_suite.ipynb", "capture/micro-tiny/10_capture.ipynb",
+    assert set(cfg["project"]["render"]) == {"index.qmd", "methods.qmd", "notebooks.qmd", "models/micro-tiny.qmd", "suite/00_suite.ipynb", "capture/micro-tiny/10_capture.ipynb",
                                              "specialization/micro-tiny/L0/30_specialization.ipynb",
                                              "specialization/micro-tiny/L1/30_specialization.ipynb", "scaling/90_scaling.ipynb",
                                              "dynamic_k/micro-tiny/40_dynamic_k.ipynb"}
-    assert "{{< embed scaling/90_scaling.ipynb#fig-as-size >}}" in (smoke_run / "index.qmd").read_text()
-    assert "{{< embed dynamic_k/micro-tiny/40_dynamic_k.ipynb#fig-dk-frontier >}}" in (smoke_run / "index.qmd").read_text()
     yaml.safe_load((ROOT / "_quarto.yml").read_text())
-    for rel in cfg["project"]["render"][1:]:
+    for rel in [r for r in cfg["project"]["render"] if r.endswith(".ipynb")]:
         nb = json.loads((smoke_run / rel).read_text())
         assert not nb["metadata"]["papermill"]["exception"]
         plots = [o for c in nb["cells"] for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})]
         assert plots and all("text/html" in o["data"] for o in plots), rel     # figures survive nbconvert/Quarto
     index = (smoke_run / "_site" / "index.html").read_text()
-    assert "Sparsity" in index and "frac_active" in index
-    for rel in cfg["project"]["render"][1:]:
-        page = smoke_run / "_site" / (rel[:-6] + ".html")
+    assert "Sparsity and participation ratio" in index and "frac_active" in index
+    for rel in cfg["project"]["render"]:
+        page = smoke_run / "_site" / (rel.rsplit(".", 1)[0] + ".html")
         assert page.exists() and "plotly" in page.read_text()
 
 
@@ -220,6 +218,9 @@ def test_compare_runs_plots_them_together(smoke_run, tmp_path):
     df = pd.read_csv(out / "scaling" / "scaling.csv")
     assert sorted(df.run.unique()) == sorted([smoke_run.name, other.name])
     assert (out / "_site" / "index.html").exists() and run_status(out)["status"] == "complete"
+    q = (out / "index.qmd").read_text()                    # the same overview, across both runs
+    assert f"compares the runs {smoke_run.name}, {other.name}" in q and "## Are MLP units task-specialized?" in q
+    assert "at 4 of 4 used sites" in q or "of 4 used sites" in q
     with pytest.raises(SdlmsError, match="no run 'nope'"):
         compare(["nope"])
 

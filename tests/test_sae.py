@@ -240,7 +240,9 @@ def test_sae_stage_end_to_end_with_a_k_grid():
     assert (d / "sae_summary" / "death_vs_k.html").exists() and (d / "sae_summary" / "specialization_vs_k.html").exists()
     from sdlms.report import check_quarto_project
     assert check_quarto_project(d) == []
-    assert "{{< embed sae_summary/91_sae_summary.ipynb#fig-death >}}" in (d / "index.qmd").read_text()
+    q = (d / "index.qmd").read_text()
+    assert "## What do sparse autoencoders expose?" in q and 'data-fig="fig-sae-0"' in q
+    assert "feature_browser.html" in (d / "models" / "micro-tiny.qmd").read_text() and (d / "_site/sae/micro-tiny/L1/topk_k4_d256/feature_browser.html").exists()
 
 
 def test_ground_truth_recovery_beats_random_init(tmp_path):

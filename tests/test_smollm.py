@@ -46,4 +46,4 @@ def test_real_model_sae_and_specialization(smol_run):
     # a fixed function of the current token, are more task-selective than the trained model's; the report shows both)
     assert {"Q_null_a_mean", "z_a", "Q_null_b_mean", "z_b"} <= set(spec.columns)
     page = (smol_run / "_site" / "index.html").read_text()
-    assert "n/a (gated)" in page and "dequantised" in page
+    assert "n/a (gated)" in page and "dequantised" in page and "gated MLP: a &gt; 0 holds for half the entries" in page

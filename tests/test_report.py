@@ -1,0 +1,74 @@
+"The report site as a reader gets it: its pages, what an incomplete run shows, and every page opened in a real browser."
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdlms.report import build_report, check_quarto_project
+
+CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=8000"]
+
+
+def browse(page: Path, profile: Path) -> tuple:
+    "(DOM after the page's scripts ran, console messages) of a local page in headless Chromium."
+    r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    return r.stdout, re.findall(r":CONSOLE[^\]]*\] (.*)", r.stderr)
+
+
+def test_site_pages(smoke_run):
+    assert check_quarto_project(smoke_run) == []
+    cfg = yaml.safe_load((smoke_run / "_quarto.yml").read_text())
+    nav = [i["href"] for e in cfg["website"]["navbar"]["left"] for i in e.get("menu", [e])]
+    assert nav == ["index.qmd", "models/micro-tiny.qmd", "methods.qmd", "notebooks.qmd"]
+    for rel in cfg["project"]["render"]:                   # the fallback built every page Quarto would
+        assert (smoke_run / "_site" / (rel.rsplit(".", 1)[0] + ".html")).exists(), rel
+    q = (smoke_run / "index.qmd").read_text()
+    heads = re.findall(r"^## (.*)", q, re.M)
+    assert heads[:5] == ["Does the model use each MLP?", "Sparsity and participation ratio, with size and depth",
+                         "Are MLP units task-specialized?", "Are co-activation communities modular beyond the nulls?",
+                         "Do specialized units matter causally?"] and "What does dynamic-k execution buy?" in heads
+    assert heads.index("What does dynamic-k execution buy?") < heads.index("Tables")     # findings and figures before tables
+    tables = [l for l in q.splitlines() if l.startswith("|")]
+    assert tables and not [l for l in tables if re.search(r"\d\.0*[1-9]\d{4,}", l)]     # rounded: no 16-digit numbers
+    assert "random-init twins" in q and "95% bootstrap intervals within" in q and "label-shuffle null" in q
+    m = (smoke_run / "models" / "micro-tiny.qmd").read_text()
+    assert "## Sites" in m and "## Specialization and modularity" in m and "### Layer 1" in m and "## Dynamic-k" in m
+    assert "](../capture/micro-tiny/10_capture.ipynb)" in m
+    assert "SI = 1 - H(p) / log K" in (smoke_run / "methods.qmd").read_text()
+    nbs = (smoke_run / "notebooks.qmd").read_text()
+    assert "[scaling/90_scaling.ipynb](scaling/90_scaling.ipynb)" in nbs and " s" in nbs
+
+
+def test_incomplete_run_says_what_is_missing(smoke_run, tmp_path):
+    d = tmp_path / smoke_run.name
+    shutil.copytree(smoke_run, d, ignore=shutil.ignore_patterns("cache", "init_cache", "_site"))
+    shutil.rmtree(d / "dynamic_k"); shutil.rmtree(d / "specialization" / "micro-tiny" / "L1")
+    st = json.loads((d / "run.json").read_text()); st["status"] = "failed"; (d / "run.json").write_text(json.dumps(st))
+    page = build_report(d, log=lambda *a: None).read_text()
+    assert "This run is failed" in page and "<code>dynamic_k/micro-tiny</code>" in page and "<code>specialization/micro-tiny/L1</code>" in page
+    assert "What does dynamic-k execution buy?" not in page and "Are MLP units task-specialized?" in page
+    assert "at 1 of 1 used sites" in page                  # the findings use what exists
+    assert check_quarto_project(d) == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH: install Debian's chromium to run the browser test")
+def test_every_page_loads_and_draws_in_a_browser(smoke_run, tmp_path):
+    site = smoke_run / "_site"
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 10
+    for page in pages:
+        dom, console = browse(page, tmp_path / "profile")
+        assert dom.strip().endswith("</html>"), page
+        assert console == [], f"{page.relative_to(site)}: console messages {console}"
+        ours, nb = dom.count('class="sdlms-plot'), dom.count('class="plotly-graph-div')
+        drawn = dom.count('class="sdlms-plot js-plotly-plot"') + dom.count('class="plotly-graph-div js-plotly-plot"')
+        assert drawn == ours + nb, f"{page.relative_to(site)}: {drawn} of {ours + nb} figures drew"
+        if page.name == "index.html" and page.parent == site: assert ours >= 5
+        if page.suffix == ".html" and "10_capture" in page.name: assert nb >= 1
