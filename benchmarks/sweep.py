@@ -1,7 +1,7 @@
 """Sweep throughput: wall time of a whole run with 1 and 2 local workers and through submitit's local executor, and the
 fixed cost of dispatching one job.
 
-- per-job overhead: a stage notebook that only opens its context (`sdlms.runs.stage_context`, the imports every stage
+- per-job overhead: a stage notebook that only opens its context (`sdlms.rundir.stage_context`, the imports every stage
   makes) executed with papermill in the project's kernel, as `jobs.execute_stage` does (kernel start, imports,
   output notebook written, folder published), cold and in a pool worker's warm kernel (`jobs.WarmKernel`: started and
   imported while the previous stage ran); and a submitit local job that returns at once (submission, process start,
@@ -28,10 +28,10 @@ def job_overhead(n=5):
     "Seconds per dispatched no-op stage (papermill + kernel + imports + publish) and per no-op submitit local job."
     import nbformat, submitit
     from sdlms.runner import execute_stage, stages_dir
-    from sdlms.runs import new_run_dir
+    from sdlms.rundir import new_run_dir
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('run_dir = ""\nout_dir = ""\nparams_file = "../../params/smoke.yaml"', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell('from sdlms.runs import stage_context\nctx = stage_context(run_dir, out_dir, params_file, name="noop")\n'
+        nbformat.v4.new_code_cell('from sdlms.rundir import stage_context\nctx = stage_context(run_dir, out_dir, params_file, name="noop")\n'
                                   'ctx.write_meta(stage="noop")')],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}})
     src = stages_dir() / "_bench_noop.ipynb"

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
 from sdlms.params import load_params, parse_params
-from sdlms.runs import artifacts_root, run_status
+from sdlms.rundir import artifacts_root, run_status
 import yaml
 
 HERE = Path(__file__).resolve().parent

@@ -65,7 +65,7 @@ def main(argv=None, # the arguments after the program name; None: `sys.argv[1:]`
             n = lambda k, w: f"{k} {w}{'' if k == 1 else 's'}"
             print(f"{a.params}: valid ({n(len(p.models), 'model')}, {n(len(p.tasks), 'task')})")
         elif a.cmd == "status":
-            from sdlms.runs import RunLock, find_run, job_table, run_status
+            from sdlms.rundir import RunLock, find_run, job_table, run_status
             d = find_run(a.run); t = job_table(d); who = RunLock.holder(d)
             print(f"{d}: {run_status(d).get('status')}" + (f", being written by {who}" if who else "") + " | "
                   + ", ".join(f"{v} {k}" for k, v in t.state.value_counts().items()))

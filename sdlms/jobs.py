@@ -21,7 +21,7 @@ import yaml
 from .core import SdlmsError, append_jsonl, hash_json, package_versions, repo_root, write_json
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
-from .runs import merge_sparsity, merge_specialization, run_status, slug
+from .rundir import merge_sparsity, merge_specialization, run_status, slug
 
 # %% auto #0
 __all__ = ['STAGES', 'TRAIN', 'KERNEL', 'WARM_IMPORTS', 'FINALIZE', 'Stage', 'stages_dir', 'Job', 'plan', 'ensure_kernel',
@@ -138,7 +138,7 @@ def kernel_env():
     os.environ["SDLMS_ROOT"] = str(repo_root())
 
 # %% ../nbs/32_jobs.ipynb #b59b51ab
-WARM_IMPORTS = "import numpy, pandas, plotly, torch, transformers, sdlms.runs"   # what every stage imports first
+WARM_IMPORTS = "import numpy, pandas, plotly, torch, transformers, sdlms.rundir"   # what every stage imports first
 
 class WarmKernel:
     """One stage kernel started ahead of need in a worker process, with `WARM_IMPORTS` done, so that the next stage does

@@ -17,7 +17,7 @@ import yaml
 
 from .core import SdlmsError, repo_root
 from .kxd import KXD_SHOW, KXD_TEXT, kxd_summary
-from .runs import slug
+from .rundir import slug
 from .explore import Run
 from .findings import caption, overview, round_table, used_sites
 
@@ -341,7 +341,7 @@ def build_report(run_dir, # a run folder or run name (`runs.find_run`)
                  quarto: str | None = "auto", # "auto": Quarto if on PATH; a path to the executable; None: the fallback renderer
                 ) -> Path:
     "Render a run's report site; returns the path of its `index.html`. `quarto='auto'` uses Quarto when on PATH."
-    from sdlms.runs import find_run
+    from sdlms.rundir import find_run
     run_dir = find_run(run_dir)
     if not run_notebooks(run_dir): raise SdlmsError(f"run {run_dir.name} has no executed notebooks yet; run or resume it first")
     write_quarto_project(run_dir)

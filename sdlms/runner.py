@@ -22,7 +22,7 @@ from .core import SdlmsError, append_jsonl, hash_json, package_versions, read_js
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
 from .executors import SubmititPool, check_executor, gpu_ids, worker_init
-from .runs import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states, SLURM_FINAL
+from .rundir import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states, SLURM_FINAL
 from .jobs import (FINALIZE, KERNEL, STAGES, TRAIN, Job, Stage, _finalize_job, ensure_kernel, execute_job, execute_stage,
                         finalize_run, kernel_env, plan, stages_dir)
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .core import SdlmsError
 from .specialization import specialized_units
-from .runs import slug
+from .rundir import slug
 from .config import split_revision, step_of
 
 # %% auto #0

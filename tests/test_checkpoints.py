@@ -7,7 +7,7 @@ import pandas as pd
 import yaml
 
 from sdlms.params import parse_params
-from sdlms.runs import run_status
+from sdlms.rundir import run_status
 from sdlms.runner import run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -72,3 +72,26 @@ def test_every_page_loads_and_draws_in_a_browser(smoke_run, tmp_path):
         assert drawn == ours + nb, f"{page.relative_to(site)}: {drawn} of {ours + nb} figures drew"
         if page.name == "index.html" and page.parent == site: assert ours >= 5
         if page.suffix == ".html" and "10_capture" in page.name: assert nb >= 1
+
+
+def test_explore_notebook_on_a_finished_run(smoke_run, tmp_path):
+    "nbs/explore.ipynb, as a JupyterLab user runs it, on the smoke run: every cell executes and reads the run's own numbers."
+    import papermill as pm
+    import pandas as pd
+    import sdlms
+    from sdlms.jobs import ensure_kernel, kernel_env
+    from sdlms.core import repo_root
+    kernel_env()
+    out = tmp_path / "explore.ipynb"
+    pm.execute_notebook(str(repo_root() / "nbs" / "explore.ipynb"), str(out), parameters={"run": str(smoke_run)},
+                        kernel_name=ensure_kernel(), cwd=str(repo_root() / "nbs"), progress_bar=False)
+    nb = json.loads(out.read_text())
+    text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                   for c in nb["cells"] for o in c.get("outputs", []))
+    assert f"Run('{smoke_run.name}': complete" in text and "missing jobs: none" in text
+    r = sdlms.load_run(smoke_run)
+    si = r.si[(r.si.unit_kind == "neuron")].iloc[0]
+    assert f"{si.si_excess:.3g}" in text                       # the table shows the run's own SI excess
+    assert len(r.sparsity) == 2 and r.sparsity.equals(r.table("sparsity"))
+    assert r.figure("scaling/si_vs_size").layout.title.text.startswith("Mean SI")
+    assert isinstance(r.communities, pd.DataFrame) and {"model", "layer"} <= set(r.communities.columns)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sdlms.core import SdlmsError, read_jsonl
-from sdlms.runs import run_status
+from sdlms.rundir import run_status
 from sdlms.dynamic_k import TIMED_COLS as DK_TIMED
 from sdlms.runner import execute_stage, run
 
@@ -127,7 +127,7 @@ def test_submitit_local_executor_gives_the_same_results(smoke_run):
               "specialization/micro-tiny/L1/communities.csv", "specialization/micro-tiny/L0/units.parquet"]:
         assert (d / f).read_bytes() == (smoke_run / f).read_bytes(), f
     same_dynamic_k(d, smoke_run)
-    from sdlms.runs import job_table
+    from sdlms.rundir import job_table
     t = job_table(d)
     assert (t.state == "done").all() and t.job_id.notna().all() and (d / "_jobs").is_dir()
     sub = [m for m in read_jsonl(d / "meta.jsonl") if m.get("event") == "submitted"]

@@ -198,7 +198,7 @@ def test_loss_recovered_only_where_the_site_matters(tiny_models):
 
 def test_sae_stage_end_to_end_with_a_k_grid():
     from sae_lens import SAE
-    from sdlms.runs import run_status
+    from sdlms.rundir import run_status
     from sdlms.runner import run
     root = Path(__file__).resolve().parent.parent
     d = run(str(root / "params" / "smoke_sae.yaml"), progress=False, log=lambda *a: None)

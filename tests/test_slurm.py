@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sdlms.core import SdlmsError, read_jsonl
-from sdlms.runs import job_table, run_status
+from sdlms.rundir import job_table, run_status
 from sdlms.runner import run
 
 import fake_slurm

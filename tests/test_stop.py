@@ -34,7 +34,7 @@ def descendants_gone(kids, timeout=30):
 def test_kill9_stops_workers_and_kernels_and_resume_completes(tmp_path, smoke_run):
     from sdlms.core import SdlmsError
     from sdlms.runner import run
-    from sdlms.runs import RunLock, run_status
+    from sdlms.rundir import RunLock, run_status
     proc, kids = start_smoke(tmp_path)
     assert any("ipykernel_launcher" in " ".join(k.cmdline()) for k in kids)
     proc.kill(); proc.wait()                                     # kill -9 of the run's process alone

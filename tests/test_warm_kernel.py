@@ -8,7 +8,7 @@ import pytest
 
 from sdlms.core import SdlmsError
 from sdlms.jobs import WarmKernel, execute_stage, stages_dir
-from sdlms.runs import new_run_dir
+from sdlms.rundir import new_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
