@@ -220,6 +220,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'sdlms.features.write_feature_browser': ('features.html#write_feature_browser', 'sdlms/features.py')},
             'sdlms.findings': { 'sdlms.findings._name': ('findings.html#_name', 'sdlms/findings.py'),
                                 'sdlms.findings._neurons': ('findings.html#_neurons', 'sdlms/findings.py'),
+                                'sdlms.findings._pct_change': ('findings.html#_pct_change', 'sdlms/findings.py'),
                                 'sdlms.findings._used_keys': ('findings.html#_used_keys', 'sdlms/findings.py'),
                                 'sdlms.findings.ablation_findings': ('findings.html#ablation_findings', 'sdlms/findings.py'),
                                 'sdlms.findings.caption': ('findings.html#caption', 'sdlms/findings.py'),
