@@ -76,6 +76,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sdlms.config.sae_grid': ('config.html#sae_grid', 'sdlms/config.py'),
                               'sdlms.config.spec_default': ('config.html#spec_default', 'sdlms/config.py'),
                               'sdlms.config.split_revision': ('config.html#split_revision', 'sdlms/config.py'),
+                              'sdlms.config.stage_device': ('config.html#stage_device', 'sdlms/config.py'),
                               'sdlms.config.step_of': ('config.html#step_of', 'sdlms/config.py')},
             'sdlms.cooccurrence': { 'sdlms.cooccurrence._TopK': ('cooccurrence.html#_topk', 'sdlms/cooccurrence.py'),
                                     'sdlms.cooccurrence._TopK.__init__': ('cooccurrence.html#_topk.__init__', 'sdlms/cooccurrence.py'),

@@ -134,7 +134,7 @@ def ablation_fn(
     fill = None if mode == "zero" else torch.as_tensor(np.asarray(mean_U, dtype=np.float32))[idx]
     def fn(a):
         a = a.clone()
-        a[..., idx] = 0 if fill is None else fill.to(a.dtype)
+        a[..., idx.to(a.device)] = 0 if fill is None else fill.to(a.device, a.dtype)   # a model on a GPU: indices and values follow it
         return a
     return fn
 

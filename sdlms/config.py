@@ -15,10 +15,10 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'REMOVED_KEYS', 'ARCHITECTURES', 'F',
-           'split_revision', 'step_of', 'CaptureConfig', 'SuiteParams', 'SpecParams', 'DynamicKParams',
-           'ExecutorParams', 'spec_default', 'merge_overrides', 'RunParams', 'describe', 'build_section', 'sae_grid',
-           'SAEParams', 'parse_sae_params', 'dict_size']
+__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'DEVICE_STAGES', 'REMOVED_KEYS',
+           'ARCHITECTURES', 'F', 'split_revision', 'step_of', 'CaptureConfig', 'SuiteParams', 'SpecParams',
+           'DynamicKParams', 'ExecutorParams', 'spec_default', 'merge_overrides', 'RunParams', 'stage_device',
+           'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -174,8 +174,8 @@ def spec_default(name: str):
     return getattr(SpecParams(), name)
 
 # %% ../nbs/02_config.ipynb #4e346edb
-OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "capture", "sae", "specialization",
-                 "dynamic_k")
+OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "device", "devices", "capture", "sae",
+                 "specialization", "dynamic_k")
 
 def merge_overrides(d: dict, # the run params as plain data (`asdict`)
             o: dict, # one model's overrides
@@ -203,7 +203,9 @@ class RunParams:
                           "`<model>@<revision>`: hub branch names (Pythia's step143000), a micro-suite model's step<N>, or "
                           "'checkpoints' for every checkpoint the micro-suite saves (its trained model included)")
     dtype: str = F("float32", (str,), "model dtype", ["float32", "bfloat16", "float16"])
-    device: str = F("cpu", (str,), "torch device: cpu, cuda, or auto")
+    device: str = F("cpu", (str,), "torch device of the model stages: cpu, cuda, cuda:<n>, or auto (cuda when the worker has a GPU)")
+    devices: dict = F({}, (dict,), "per-stage device overrides, {stage: device} for capture, sae (training), specialization "
+                      "(ablation passes), e.g. {sae: cuda}; dynamic-k runs on the CPU (its kernels are CPU kernels)")
     workers: int = F(2, (int,), "parallel worker processes (suite training, per-model stages)")
     sae: dict | None = F(None, (dict, type(None)), "SAE stage (per model and layer, on the activation cache): SAEParams fields "
                     "(listed under sae.* by `sdlms params`); k and expansion (or d_sae) may be lists for a K x d grid; null: no SAE stage")
@@ -232,6 +234,19 @@ class RunParams:
         "Suite sizes named in `models` (each once, whatever its revisions)."
         bases = [split_revision(m)[0] for m in self.models if isinstance(m, str) and m.startswith("micro-")]
         return [b[len("micro-"):] for b in dict.fromkeys(bases)]
+
+# %% ../nbs/02_config.ipynb #690592fa
+DEVICE_STAGES = ("capture", "sae", "specialization")   # the stages whose model work follows `device` / `devices`
+
+def stage_device(p: RunParams, # the params (as they apply to the stage's model: `for_model`)
+                 stage: str, # one of `DEVICE_STAGES`
+                ) -> str:
+    "The torch device a stage runs its model work on: `devices[stage]`, else `device`; `auto` is cuda when a GPU is visible."
+    d = (p.devices or {}).get(stage, p.device)
+    if d == "auto":
+        import torch
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    return d
 
 # %% ../nbs/02_config.ipynb #251d4fd0
 def describe(cls=RunParams, # the dataclass to list

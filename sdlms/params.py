@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .core import SdlmsError, repo_root
-from .config import DK_METHODS, DK_STATIC_SCORES, RESOURCE_KEYS, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid, split_revision
+from .config import DEVICE_STAGES, DK_METHODS, DK_STATIC_SCORES, RESOURCE_KEYS, OVERRIDE_KEYS, RunParams, merge_overrides, build_section, sae_grid, split_revision
 from .data import load_manifest
 from .models import SIZES, model_name
 
@@ -102,6 +102,12 @@ def validate(p: RunParams, # the params built by `build_section`
     errors = [] if errors is None else errors
     for k in ("tokens_per_task", "block_size", "batch_size", "workers"):
         if getattr(p, k) < 1: errors.append(f"{k}: must be >= 1, got {getattr(p, k)}")
+    dev_ok = lambda d: isinstance(d, str) and re.fullmatch(r"cpu|auto|cuda(:\d+)?", d)
+    if not dev_ok(p.device): errors.append(f"device: {p.device!r}; use cpu, cuda, cuda:<n> or auto")
+    for k, d in (p.devices or {}).items():
+        if k not in DEVICE_STAGES: errors.append(f"devices.{k}: no such model stage; per-stage devices: {', '.join(DEVICE_STAGES)} "
+                                                 "(dynamic-k runs on the CPU)")
+        elif not dev_ok(d): errors.append(f"devices.{k}: {d!r}; use cpu, cuda, cuda:<n> or auto")
     if p.block_size >= 1 and p.tokens_per_task < p.block_size:
         errors.append(f"tokens_per_task ({p.tokens_per_task}) must be at least block_size ({p.block_size})")
     c = p.capture

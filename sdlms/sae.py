@@ -154,12 +154,13 @@ def recon(
     x: torch.Tensor, # raw activations `(N, d_in)`
     scale: float | None = None, # training-time input scale (None: inputs as they are)
 ) -> tuple:
-    "Reconstruction and latent activations of raw activations `x` (applying the training-time scale if given)."
+    """Reconstruction and latent activations of raw activations `x` (applying the training-time scale if given), on `x`'s
+    device (an SAE trained on a GPU is evaluated there and its outputs come back)."""
     sae.eval()
-    xs = x * scale if scale else x
+    xs = (x * scale if scale else x).to(next(sae.parameters()).device)
     f = sae.encode(xs)
     out = sae.decode(f)
-    return (out / scale if scale else out), f
+    return (out / scale if scale else out).to(x.device), f.to(x.device)
 
 # %% ../nbs/17_sae.ipynb #6c7c07a0
 def row_batches(

@@ -294,6 +294,7 @@ def evaluate_sae(
     store=None, # a `ResidualStore` to reuse
     info: dict | None = None, # leading columns of the row (model, layer, ...)
     n_inputs: int | None = None, # distinct activation vectors at the site (recorded in the row)
+    device: str = "cpu", # where the SAE trains (`config.stage_device(p, "sae")`); it is evaluated on the CPU
 ) -> dict:
     """Train one grid point (`train_sae` on `stream`, into `out_dir/<sae_name>`), evaluate it on the probe tokens of `cache`
     (`probe_eval`), write its `spliced_losses.csv`, `loss_recovered.csv` and `features.parquet`, and return its `name`,
@@ -301,7 +302,7 @@ def evaluate_sae(
     from sae_lens import SAE
     name = sae_name(p, cache.d); d = Path(out_dir) / name
     t0 = time.perf_counter()
-    r = train_sae(stream, d, p, progress=False)
+    r = train_sae(stream, d, p, device=device, progress=False)
     sae = SAE.load_from_disk(r["path"])
     t1 = time.perf_counter()
     e = probe_eval(sae, cache, model, site_module, tasks, p, baselines, n_null=n_null, seed=seed, batch_size=batch_size, store=store)
