@@ -10,7 +10,7 @@ fixed cost of dispatching one job.
   through submitit's local executor with 2 jobs at a time; the suite is built once first, so every sweep finds it cached.
 
     python benchmarks/sweep.py                    # writes benchmarks/results/sweep.{json,md}
-    python benchmarks/sweep.py --params default   # the default job (long)
+    python benchmarks/sweep.py --params default --pool-only   # the default job with 1 and 2 workers (about an hour)
 """
 import argparse, json, os, statistics, tempfile, time
 from pathlib import Path
@@ -53,6 +53,7 @@ def job_overhead(n=5):
         WarmKernel.close()
     finally:
         src.unlink()
+        import shutil; shutil.rmtree(run_dir, ignore_errors=True)          # a scratch run: not one to list among the runs
     with tempfile.TemporaryDirectory() as d:
         ex = submitit.LocalExecutor(folder=d); ex.update_parameters(timeout_min=5)
         ex.submit(int, 1).result()
@@ -78,14 +79,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="smoke", help="params file name under params/")
     ap.add_argument("--rounds", type=int, default=1, help="sweeps per setting (alternating order)")
+    ap.add_argument("--pool-only", action="store_true", help="only the pool with 1 and 2 workers (skip submitit and the per-job overhead)")
     a = ap.parse_args()
     from sdlms.params import load_params
     from sdlms.suite import build_suite
     p = load_params(a.params)
     if p.micro_sizes(): build_suite(p.suite, p.micro_sizes(), p.seed, p.workers)      # cached for every sweep
     out = {"what": __doc__.split("\n")[0], "params": a.params, "versions": package_versions(), "cpus": os.cpu_count()}
-    out["overhead"] = job_overhead()
+    out["overhead"] = None if a.pool_only else job_overhead()
     settings = [("1 worker", 1, "local"), ("2 workers", 2, "local"), ("submitit local, 2 at a time", 2, "submitit_local")]
+    if a.pool_only: settings = settings[:2]
     times = {s[0]: [] for s in settings}
     for r in range(a.rounds):
         for name, w, kind in (settings if r % 2 == 0 else settings[::-1]):
@@ -94,17 +97,19 @@ def main():
     best = {k: min(v) for k, v in times.items()}
     out["sweep_s"] = times
     out["speedup_2_workers"] = round(best["1 worker"] / best["2 workers"], 2)
-    out["submitit_local_over_pool"] = round(best["submitit local, 2 at a time"] / best["2 workers"], 2)
+    if not a.pool_only: out["submitit_local_over_pool"] = round(best["submitit local, 2 at a time"] / best["2 workers"], 2)
+    stem = "sweep" if a.params == "smoke" else f"sweep_{a.params}"          # the smoke figures stay beside a longer job's
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "sweep.json").write_text(json.dumps(out, indent=1))
+    (HERE / "results" / f"{stem}.json").write_text(json.dumps(out, indent=1))
     o = out["overhead"]
     md = (f"# Sweep throughput ({a.params} params, {out['cpus']} CPUs)\n\n| setting | wall s (best of {a.rounds}) |\n|---|---|\n"
           + "\n".join(f"| {k} | {v} |" for k, v in best.items())
-          + f"\n\n2 workers over 1: {out['speedup_2_workers']}x; submitit local over the pool: {out['submitit_local_over_pool']}x the time.\n"
-          f"Per dispatched job: a no-op stage notebook {o['stage_noop_median_s']} s (median of {len(o['stage_noop_s'])}; papermill, kernel start, "
-          f"imports, publish); in a pool worker's warm kernel (started and imported while the previous stage ran) "
-          f"{o['stage_noop_warm_median_s']} s; a no-op submitit local job {o['submitit_local_noop_median_s']} s.\n")
-    (HERE / "results" / "sweep.md").write_text(md)
+          + f"\n\n2 workers over 1: {out['speedup_2_workers']}x"
+          + (f"; submitit local over the pool: {out['submitit_local_over_pool']}x the time.\n" if not a.pool_only else ".\n")
+          + (f"Per dispatched job: a no-op stage notebook {o['stage_noop_median_s']} s (median of {len(o['stage_noop_s'])}; papermill, kernel start, "
+             f"imports, publish); in a pool worker's warm kernel (started and imported while the previous stage ran) "
+             f"{o['stage_noop_warm_median_s']} s; a no-op submitit local job {o['submitit_local_noop_median_s']} s.\n" if o else ""))
+    (HERE / "results" / f"{stem}.md").write_text(md)
     print(md)
 
 
