@@ -96,7 +96,8 @@ def test_report_site_and_quarto_config(smoke_run):
     assert "Sparsity and participation ratio" in index and "frac_active" in index
     for rel in cfg["project"]["render"]:
         page = smoke_run / "_site" / (rel.rsplit(".", 1)[0] + ".html")
-        assert page.exists() and "plotly" in page.read_text()
+        assert page.exists(), rel
+        if rel.endswith(".ipynb") or rel in ("index.qmd", "models/micro-tiny.qmd"): assert "plotly" in page.read_text(), rel
 
 
 def test_same_seed_gives_identical_results(smoke_run):
@@ -220,7 +221,7 @@ def test_compare_runs_plots_them_together(smoke_run, tmp_path):
     assert (out / "_site" / "index.html").exists() and run_status(out)["status"] == "complete"
     q = (out / "index.qmd").read_text()                    # the same overview, across both runs
     assert f"compares the runs {smoke_run.name}, {other.name}" in q and "## Are MLP units task-specialized?" in q
-    assert "at 4 of 4 used sites" in q or "of 4 used sites" in q
+    assert f"{smoke_run.name}: **micro-tiny**" in q and f"{other.name}: **micro-tiny**" in q      # one line per run, never averaged
     with pytest.raises(SdlmsError, match="no run 'nope'"):
         compare(["nope"])
 
