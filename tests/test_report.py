@@ -37,7 +37,7 @@ def test_site_pages(smoke_run):
     assert heads.index("What does dynamic-k execution buy?") < heads.index("Tables")     # findings and figures before tables
     tables = [l for l in q.splitlines() if l.startswith("|")]
     assert tables and not [l for l in tables if re.search(r"\d\.0*[1-9]\d{4,}", l)]     # rounded: no 16-digit numbers
-    assert "random-init twins" in q and "95% bootstrap intervals within" in q and "label-shuffle null" in q
+    assert "random-init twins" in q and "95% bootstrap intervals over text blocks within" in q and "label-shuffle null" in q
     m = (smoke_run / "models" / "micro-tiny.qmd").read_text()
     assert "## Sites" in m and "## Specialization and modularity" in m and "### Layer 1" in m and "## Dynamic-k" in m
     assert "](../capture/micro-tiny/10_capture.ipynb)" in m
