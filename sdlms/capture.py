@@ -16,7 +16,7 @@ import torch
 
 from .core import SdlmsError, sha256_file, write_json
 from .config import CaptureConfig
-from .sites import StopForward, site_hook
+from .sites import StopForward, input_device, site_hook
 from .metrics import LayerStats
 
 # %% auto #0
@@ -232,7 +232,7 @@ def capture(model, # a causal LM with registered MLP sites
     sites = {s.layer: s for s in mlp_sites(model)}
     missing = [l for l in layers if l not in sites]
     if missing: raise SdlmsError(f"layers {missing} do not exist; the model has layers 0..{len(sites) - 1}")
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     ids = torch.from_numpy(blocks.ids_BT)
     task_T = torch.from_numpy(np.repeat(blocks.task_B, blocks.block_size))
     mask_np = pr_mask(blocks.n_tokens, cfg.pr_token_rate, cfg.pr_max_tokens, seed)

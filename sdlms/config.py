@@ -15,10 +15,10 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'DEVICE_STAGES', 'REMOVED_KEYS',
-           'ARCHITECTURES', 'F', 'split_revision', 'step_of', 'CaptureConfig', 'SuiteParams', 'SpecParams',
-           'DynamicKParams', 'ExecutorParams', 'spec_default', 'merge_overrides', 'RunParams', 'stage_device',
-           'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
+__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'DEVICE_MAPS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'DEVICE_STAGES',
+           'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'split_revision', 'step_of', 'CaptureConfig', 'SuiteParams',
+           'SpecParams', 'DynamicKParams', 'ExecutorParams', 'spec_default', 'merge_overrides', 'RunParams',
+           'stage_device', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -155,6 +155,7 @@ class DynamicKParams:
 
 # %% ../nbs/02_config.ipynb #2a51b9bc
 EXECUTORS = ("local", "submitit_local", "slurm")   # where a run's jobs execute (`sdlms.executors`)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")   # transformers' device_map strategies (`device_map`)
 RESOURCE_KEYS = ("cpus", "gpus", "mem_gb", "time_min")   # per-stage resources of submitit jobs
 
 @dataclass
@@ -167,6 +168,8 @@ class ExecutorParams:
                         "or 'default': {cpus, gpus, mem_gb, time_min}; Slurm needs cpus, mem_gb and time_min for every stage run")
     slurm_extra: dict = F({}, (dict,), "further sbatch options (submitit's slurm_additional_parameters, e.g. {account: a, qos: q})")
     max_jobs: int = F(0, (int,), "most jobs submitted at once; 0: `workers` (local kinds) or no limit (slurm)")
+    arrays: bool = F(True, (bool,), "slurm: submit the jobs of a stage that wait for the same jobs (or each for its own task of "
+                     "one earlier array: `aftercorr`) as one job array; false: one sbatch job per job")
 
 # %% ../nbs/02_config.ipynb #146dbbcb
 def spec_default(name: str):
@@ -174,7 +177,7 @@ def spec_default(name: str):
     return getattr(SpecParams(), name)
 
 # %% ../nbs/02_config.ipynb #4e346edb
-OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "device", "devices", "capture", "sae",
+OVERRIDE_KEYS = ("layers", "tasks", "tokens_per_task", "block_size", "batch_size", "dtype", "device", "devices", "device_map", "capture", "sae",
                  "specialization", "dynamic_k")
 
 def merge_overrides(d: dict, # the run params as plain data (`asdict`)
@@ -206,6 +209,9 @@ class RunParams:
     device: str = F("cpu", (str,), "torch device of the model stages: cpu, cuda, cuda:<n>, or auto (cuda when the worker has a GPU)")
     devices: dict = F({}, (dict,), "per-stage device overrides, {stage: device} for capture, sae (training), specialization "
                       "(ablation passes), e.g. {sae: cuda}; dynamic-k runs on the CPU (its kernels are CPU kernels)")
+    device_map: object = F(None, (str, type(None)), "spread a model too large for one device over the job's GPUs (then CPU memory) "
+                           "with transformers' device_map, in the capture and specialization stages (their twins follow the "
+                           "same map); null: the whole model on the stage's device", [None, *DEVICE_MAPS])
     workers: int = F(2, (int,), "parallel worker processes (suite training, per-model stages)")
     sae: dict | None = F(None, (dict, type(None)), "SAE stage (per model and layer, on the activation cache): SAEParams fields "
                     "(listed under sae.* by `sdlms params`); k and expansion (or d_sae) may be lists for a K x d grid; null: no SAE stage")

@@ -63,10 +63,13 @@ def hash_json(obj) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
 
 # %% ../nbs/00_core.ipynb #f0be50e0
-def hash_state_dict(model) -> str:
-    "sha256 over a torch model's parameters and buffers (names, dtypes, shapes, bytes), in name order."
+def hash_state_dict(model) -> str | None:
+    """sha256 over a torch model's parameters and buffers (names, dtypes, shapes, bytes), in name order; None for a model
+    whose weights are partly offloaded (on the meta device: their bytes are not in memory)."""
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
+    sd = model.state_dict()
+    if any(v.device.type == "meta" for v in sd.values()): return None
+    for k, v in sorted(sd.items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")

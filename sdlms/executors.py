@@ -15,7 +15,8 @@ from .core import SdlmsError
 from .config import ExecutorParams, RESOURCE_KEYS
 
 # %% auto #0
-__all__ = ['worker_init', 'gpu_ids', 'stage_resources', 'check_executor', 'submitit_executor', 'RemoteCall', 'SubmititPool']
+__all__ = ['worker_init', 'gpu_ids', 'stage_resources', 'check_executor', 'slurm_dependency', 'slurm_batches', 'dependency_ids',
+           'submitit_executor', 'RemoteCall', 'SubmititPool']
 
 # %% ../nbs/31_executors.ipynb #c3da2114
 def worker_init(sigint: str = "ignore", # 'ignore' (Ctrl-C is the parent's business) or 'kill' (SIGINT stops like SIGTERM)
@@ -74,6 +75,65 @@ def check_executor(ex: ExecutorParams, # the run's executor settings
     if shutil.which("sbatch") is None: problems.append("sbatch is not on PATH: submit from a Slurm login node, or use executor.kind: local")
     if problems: raise SdlmsError("the slurm executor cannot start: " + "; ".join(problems))
 
+# %% ../nbs/31_executors.ipynb #d791edd5
+def slurm_dependency(after: list = (), # job ids (a job, an array task `<id>_<task>`, or a whole array) to complete first
+                     corr: str | None = None, # a job array's id: each task waits for the same task of that array
+                    ) -> str:
+    "The `--dependency` value: `afterok` on every job of `after`, and `aftercorr` on `corr` (both must hold)."
+    return ",".join((["afterok:" + ":".join(map(str, after))] if after else []) + ([f"aftercorr:{corr}"] if corr else []))
+
+def slurm_batches(jobs: list, # the unfinished jobs to submit (`jobs.Job`s, in plan order: a job's inputs come before it)
+                  arrays: bool = True, # group jobs into job arrays (False: one submission per job)
+                 ) -> list:
+    """The submissions of a Slurm run, in dependency order: `(jobs, after, corr)` each, where `jobs` (one job, or several
+    of one stage: a job array) wait for the `rel`s `after` (`afterok`) and, with `corr` the index of an earlier array
+    submission, task i waits for that array's task i (`aftercorr`). Inputs not among `jobs` are done and not waited for.
+    An array groups a stage's jobs that wait for exactly the same jobs, or for the same jobs plus each for its own task of
+    one earlier array (put in that array's order), so no job waits for anything beyond its own inputs."""
+    todo = {j.rel for j in jobs}
+    pend = {j.rel: frozenset(d for d in j.deps if d in todo) for j in jobs}
+    order = {j.rel: i for i, j in enumerate(jobs)}
+    batches, where, left = [], {}, list(jobs)        # where: rel -> (submission, task)
+    while left:
+        ready = [j for j in left if pend[j.rel] <= where.keys()]
+        if not ready: raise SdlmsError(f"jobs whose inputs are never submitted: {[j.rel for j in left]}")
+        for key in dict.fromkeys(j.stage.key for j in ready):
+            group, out = [j for j in ready if j.stage.key == key], []
+            single = group
+            if arrays:
+                same = {}
+                for j in group: same.setdefault(pend[j.rel], []).append(j)
+                out += [(js, sorted(s), None) for s, js in same.items() if len(js) > 1]
+                single = [js[0] for js in same.values() if len(js) == 1]
+                for b, (bj, _, _) in enumerate(batches):          # each waits for its own task of earlier array b
+                    if len(bj) < 2: continue
+                    mine = {}
+                    for j in single:
+                        hit = [d for d in pend[j.rel] if where[d][0] == b]
+                        if len(hit) == 1: mine.setdefault(pend[j.rel] - {hit[0]}, {}).setdefault(where[hit[0]][1], []).append(j)
+                    for rest, by_task in mine.items():
+                        if len(by_task) == len(bj) and all(len(v) == 1 for v in by_task.values()):
+                            out.append(([by_task[t][0] for t in range(len(bj))], sorted(rest), b))
+                            single = [j for j in single if all(j is not v[0] for v in by_task.values())]
+            out += [([j], sorted(pend[j.rel]), None) for j in single]
+            for js, after, corr in sorted(out, key=lambda o: min(order[j.rel] for j in o[0])):
+                for t, j in enumerate(js): where[j.rel] = (len(batches), t)
+                batches.append((js, after, corr))
+        left = [j for j in left if j.rel not in where]
+    return batches
+
+def dependency_ids(rels, # submitted jobs to wait for (`rel`s)
+                   batches: list, # `slurm_batches`, as submitted
+                   ids: dict, # rel -> its Slurm job id (`<array id>_<task>` for an array's task)
+                  ) -> list:
+    "The Slurm ids standing for the jobs `rels`: an array's own id where all its tasks are among them, else each job's."
+    rels, out = set(rels), []
+    for js, _, _ in batches:
+        mine = [j.rel for j in js if j.rel in rels]
+        if len(js) > 1 and len(mine) == len(js): out.append(ids[js[0].rel].rsplit("_", 1)[0])
+        else: out += [ids[r] for r in mine]
+    return out
+
 # %% ../nbs/31_executors.ipynb #3aa68992
 def submitit_executor(ex: ExecutorParams, # the run's executor settings
                       folder, # submitit's folder for this job (logs, pickles)
@@ -81,13 +141,15 @@ def submitit_executor(ex: ExecutorParams, # the run's executor settings
                       name: str = "sdlms", # the job name
                       after: list = (), # Slurm job ids that must complete first (`--dependency=afterok:...`)
                       resumable: bool = False, # the stage resumes from its checkpoints: Slurm requeues it after a timeout too
+                      corr: str | None = None, # a job array's id: task i of this array waits for its task i (`aftercorr`)
                      ):
     """A submitit `LocalExecutor` or `SlurmExecutor` set up with the stage's resources (Slurm: `check_executor` first).
-    `after` makes a Slurm job wait for those jobs to complete; if one of them fails the job is cancelled, not left pending."""
+    `after` (and `corr`) make a Slurm job wait for those jobs to complete (`slurm_dependency`); if one of them fails the
+    job is cancelled, not left pending."""
     import submitit
     r = stage_resources(ex, stage)
     gpus = {"gpus_per_node": int(r["gpus"])} if r.get("gpus") else {}
-    if after and ex.kind != "slurm": raise SdlmsError("job dependencies (after) need the slurm executor")
+    if (after or corr) and ex.kind != "slurm": raise SdlmsError("job dependencies (after) need the slurm executor")
     if ex.kind == "submitit_local":
         e = submitit.LocalExecutor(folder=str(folder))
         e.update_parameters(timeout_min=int(r.get("time_min", 24 * 60)), nodes=1, tasks_per_node=1, **gpus)
@@ -95,8 +157,8 @@ def submitit_executor(ex: ExecutorParams, # the run's executor settings
     # a preempted job is always requeued; one that ran out of time only when it resumes from its checkpoints (else it
     # would start over and time out again)
     e = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=3 if resumable else 0)
-    dep = {"dependency": "afterok:" + ":".join(map(str, after))} if after else {}
-    extra = {**({"kill-on-invalid-dep": "yes"} if after else {}), **dict(ex.slurm_extra or {})}
+    dep = {"dependency": slurm_dependency(after, corr)} if after or corr else {}
+    extra = {**({"kill-on-invalid-dep": "yes"} if dep else {}), **dict(ex.slurm_extra or {})}
     e.update_parameters(job_name=name, partition=ex.partition, time=int(r["time_min"]), cpus_per_task=int(r["cpus"]),
                         mem=f"{r['mem_gb']:g}GB", nodes=1, ntasks_per_node=1, additional_parameters=extra, **dep, **gpus)
     return e
@@ -137,10 +199,22 @@ class SubmititPool:
     def start(self, fn, job, *args, after: list = (), strict: bool = False, resumable: bool = False):
         """Submit `fn(job, *args)` as one submitit job named after `job.rel` (a `jobs.Job`), after the Slurm jobs `after`;
         returns the submitit job. `strict`: a failure fails the job (`RemoteCall`)."""
-        e = submitit_executor(self.ex, self.folder / job.rel.replace("/", "__"), job.stage.key, name=f"sdlms:{job.rel}", after=after,
-                              resumable=resumable)
-        sj = self.jobs[job.rel] = e.submit(RemoteCall(strict), fn, job, *args)
-        return sj
+        return self.start_array(fn, [job], *args, after=after, strict=strict, resumable=resumable)[0]
+
+    def start_array(self, fn, jobs: list, *args, after: list = (), corr: str | None = None, strict: bool = False,
+                    resumable: bool = False) -> list:
+        """Submit `fn(job, *args)` for each of `jobs` (of one stage) as one Slurm job array (one job when there is one),
+        named after what their `rel`s share, after the Slurm jobs `after` and, task by task, the array `corr`; returns
+        the submitit jobs (an array task's id is `<array id>_<task>`)."""
+        rels = [j.rel for j in jobs]
+        name = rels[0] if len(rels) == 1 else os.path.commonpath(rels) or jobs[0].stage.key
+        e = submitit_executor(self.ex, self.folder / name.replace("/", "__"), jobs[0].stage.key, name=f"sdlms:{name}", after=after,
+                              resumable=resumable, corr=corr)
+        if len(jobs) == 1: sjs = [e.submit(RemoteCall(strict), fn, jobs[0], *args)]
+        else:
+            with e.batch(): sjs = [e.submit(RemoteCall(strict), fn, j, *args) for j in jobs]
+        self.jobs.update(zip(rels, sjs))
+        return sjs
 
     def submit(self, fn, job, *args) -> Future:
         "Submit `fn(job, *args)` as one submitit job (`start`); returns a `Future` of its result."

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .core import SdlmsError
-from .sites import StopForward, decoder_layers, site_hook, site_layer
+from .sites import StopForward, decoder_layers, input_device, site_hook, site_layer
 
 # %% auto #0
 __all__ = ['ResidualStore', 'site_variants', 'variant_losses', 'block_losses', 'per_task_loss']
@@ -70,7 +70,7 @@ class ResidualStore:
                 if self._keys is None: return None                # inputs_embeds given: nothing to key on
                 h = _hidden(args, kwargs)
                 if l == restart_layer and self._hit:
-                    h = torch.stack([self.states[l][k] for k in self._keys]).to(h.dtype)
+                    h = torch.stack([self.states[l][k] for k in self._keys]).to(h.device, h.dtype)
                     self._keys, self._hit = None, False
                     return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
                 if l in record_layers and not self._hooked and len(h) == len(self._keys):
@@ -141,7 +141,7 @@ class ResidualStore:
         d = torch.load(path, map_location="cpu", weights_only=True)
         st = cls(model, layers if layers is not None else list(d["layers"]))
         if d["fingerprint"] != st._fingerprint(): return st
-        dev = next(model.parameters()).device
+        dev = input_device(model)
         for l, v in d["layers"].items():
             if int(l) in st.states:
                 st.states[int(l)] = dict(zip(_block_keys(v["ids"].numpy()), v["states"].to(dev)))
@@ -156,7 +156,7 @@ class ResidualStore:
         ids = np.asarray(ids_BT)
         todo = np.unique(np.concatenate([self.missing(l, ids) for l in self.layers]))
         if not len(todo): return self
-        dev = next(self.model.parameters()).device
+        dev = input_device(self.model)
         last = max(l for l in self.layers if len(self.missing(l, ids[todo])))
         def stop(mod, args, kwargs): raise StopForward
         with self.recording():
@@ -210,7 +210,7 @@ def variant_losses(model, # the causal LM
     there is one, else by passes that stop at that layer)."""
     import torch.nn.functional as Fn
     from tqdm.auto import tqdm
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     ids = np.asarray(ids_BT, dtype=np.int64); task_B = np.asarray(task_B)
     names = list(fns); fl = [fns[n] for n in names]
     out = {n: (np.zeros(n_tasks), np.zeros(n_tasks)) for n in names}

@@ -15,8 +15,8 @@ from .core import SdlmsError
 # %% auto #0
 __all__ = ['SITE_REGISTRY', 'GATED_MLP', 'PACKAGED_MODELS', 'SIZES', 'check_architecture', 'n_layers_of', 'is_gated', 'd_mlp_of',
            'Site', 'mlp_sites', 'select_layers', 'relative_depth', 'is_local_model', 'packaged_model_dir',
-           'resolve_spec', 'model_source', 'load_config', 'load_model', 'random_init_twin', 'count_params', 'SizeSpec',
-           'model_name', 'neox_config']
+           'resolve_spec', 'model_source', 'load_config', 'load_model', 'random_init_twin', 'place_like',
+           'count_params', 'SizeSpec', 'model_name', 'neox_config']
 
 # %% ../nbs/04_models.ipynb #609a0bb3
 # model_type -> (path of the layer list, path of the down projection inside a layer, config field of d_mlp)
@@ -267,16 +267,20 @@ def load_config(spec: str, # local folder, hub id or packaged model name; a hub 
 def load_model(spec: str, # local folder, hub id (optionally `@<revision>`) or packaged model name
                dtype: str = "float32", # a torch dtype name
                device: str = "cpu", # where to put the model
+               device_map: str | None = None, # spread the model over the visible GPUs and CPU memory (transformers' device_map)
               ):
-    "Load a causal LM and its tokenizer (eval mode, no grad); `<hub id>@<revision>` loads that revision. Returns `(model, tokenizer)`."
+    """Load a causal LM and its tokenizer (eval mode, no grad); `<hub id>@<revision>` loads that revision. With `device_map`
+    the model's layers are spread over the GPUs and then CPU memory (`device` is not used). Returns `(model, tokenizer)`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     cfg = load_config(spec)                     # checks the spec and its revision first
     spec, rev = _split(spec)
     spec = resolve_spec(spec)
     check_architecture(cfg.model_type)
-    model = AutoModelForCausalLM.from_pretrained(str(spec), dtype=getattr(torch, dtype), trust_remote_code=False, revision=rev)
-    model.eval().requires_grad_(False).to(device)
+    kw = {"device_map": device_map} if device_map else {}
+    model = AutoModelForCausalLM.from_pretrained(str(spec), dtype=getattr(torch, dtype), trust_remote_code=False, revision=rev, **kw)
+    model.eval().requires_grad_(False)
+    if not device_map: model.to(device)
     tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=False, revision=rev)
     return model, tok
 
@@ -292,6 +296,19 @@ def random_init_twin(spec_or_config, # a model spec or an HF config
     torch.manual_seed(seed)
     m = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
     return m.eval().requires_grad_(False)
+
+# %% ../nbs/04_models.ipynb #59987bb3
+def place_like(model, # a model on the CPU (an init twin)
+               ref, # the model it is compared with (`load_model`)
+               device: str = "cpu", # where to put it when `ref` has no device map
+              ):
+    """Put `model` where `ref` is: module by module on the GPUs of `ref`'s device map (what `ref` keeps in CPU memory or
+    on disk stays in CPU memory: a twin is built there), or whole on `device` when `ref` has no device map. Returns `model`."""
+    dm = {k: "cpu" if v in ("cpu", "disk") else v for k, v in (getattr(ref, "hf_device_map", None) or {}).items()}
+    if not dm: return model.to(device)
+    if set(dm.values()) == {"cpu"}: return model.to("cpu")
+    from accelerate import dispatch_model
+    return dispatch_model(model, device_map=dm)
 
 # %% ../nbs/04_models.ipynb #dba33cdd
 def count_params(model, # a torch model with input (and output) embeddings

@@ -110,19 +110,31 @@ SLURM_STATES = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queue
 def slurm_states(job_ids: list, # Slurm job ids
                 ) -> dict:
     """`{job id: state}` as Slurm's accounting (`sacct`) has them (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, ...; a
-    reason such as 'CANCELLED by 1000' cut to its state); empty when there are no ids or no `sacct` here."""
+    reason such as 'CANCELLED by 1000' cut to its state); empty when there are no ids or no `sacct` here. Array tasks
+    (`<id>_<task>`) are found also where Slurm lists an array's pending tasks as one line (`<id>_[0-3,5%4]`)."""
     import shutil, subprocess
     ids = [str(i) for i in job_ids if i]
     out = {}
     for cmd in (["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],   # accounting: finished jobs too
-                ["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T"]):              # the queue, where accounting lags or is off
+                ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T"]):        # the queue, where accounting lags or is off
         if not ids or shutil.which(cmd[0]) is None: continue
         try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.SubprocessError): continue
         if r.returncode: continue
         for a, _, b in (l.partition("|") for l in r.stdout.splitlines() if "|" in l):
-            out.setdefault(a.strip(), (b.split() or ["UNKNOWN"])[0])
+            for i in _array_ids(a.strip()): out.setdefault(i, (b.split() or ["UNKNOWN"])[0])
         ids = [i for i in ids if i not in out]
+    return out
+
+def _array_ids(jid: str) -> list:
+    "The job ids a Slurm listing line stands for: `12_[0-2,5%2]` is 12_0, 12_1, 12_2 and 12_5; anything else itself."
+    import re
+    m = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", jid)
+    if not m: return [jid]
+    out = []
+    for part in m.group(2).split(","):
+        a, _, b = part.partition("-")
+        out += [f"{m.group(1)}_{t}" for t in range(int(a), int(b or a) + 1)]
     return out
 
 SLURM_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")

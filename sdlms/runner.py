@@ -21,7 +21,7 @@ import yaml
 from .core import SdlmsError, append_jsonl, hash_json, package_versions, read_jsonl, repo_root, write_json
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
-from .executors import SubmititPool, check_executor, gpu_ids, worker_init
+from .executors import SubmititPool, check_executor, dependency_ids, gpu_ids, slurm_batches, worker_init
 from .rundir import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states, SLURM_FINAL
 from .jobs import (FINALIZE, KERNEL, STAGES, TRAIN, Job, Stage, _finalize_job, ensure_kernel, execute_job, execute_stage,
                         finalize_run, kernel_env, plan, stages_dir)
@@ -232,27 +232,34 @@ def _refuse_live_slurm_jobs(run_dir):
                          f"`scancel {' '.join(live.values())}`, then resume")
 
 def _submit_run(run_dir, p, jobs, whole, is_done, suite_cfg, report, wait, poll_s, progress, log) -> Path:
-    """Submit every unfinished job of a locked run folder to Slurm at once, each after the jobs it reads (`afterok`), and
-    (for a `whole` plan) a last job that finalizes the run; return, or with `wait` follow them until the run completes."""
+    """Submit every unfinished job of a locked run folder to Slurm at once, as job arrays where `executor.arrays` allows
+    (`executors.slurm_batches`), each after the jobs it reads (`afterok`, or `aftercorr` task by task), and (for a
+    `whole` plan) a last job that finalizes the run; return, or with `wait` follow them until the run completes."""
     from tqdm import tqdm
     pool = SubmititPool(p.executor, run_dir / "_jobs", 1)
-    ids = {}
-    def submit(j, fn, *args, after=()):
-        sj = pool.start(fn, j, *args, after=after, strict=True, resumable=j.stage.resumable); ids[j.rel] = str(sj.job_id)
-        append_jsonl(run_dir / "meta.jsonl", {"event": "submitted", "stage": j.rel, "executor": "slurm", "job_id": str(sj.job_id),
-                                              "stdout": str(sj.paths.stdout)})
+    ids, batches = {}, []
+    def submit(js, fn, *args, after=(), corr=None):
+        sjs = pool.start_array(fn, js, *args, after=after, corr=corr, strict=True, resumable=js[0].stage.resumable)
+        for j, sj in zip(js, sjs):
+            ids[j.rel] = str(sj.job_id)
+            append_jsonl(run_dir / "meta.jsonl", {"event": "submitted", "stage": j.rel, "executor": "slurm", "job_id": str(sj.job_id),
+                                                  "stdout": str(sj.paths.stdout)})
     st = run_status(run_dir); st.update(status="submitted", submitted=dt.datetime.now().isoformat(timespec="seconds"))
     write_json(run_dir / "run.json", st)       # before any job: the finalize job may start (and write 'complete') at once
     try:
-        for j in jobs:            # plan order: a job's inputs come before it
-            if not is_done(j): submit(j, execute_job, str(run_dir), suite_cfg, p.seed, None, True, after=[ids[d] for d in j.deps if d in ids])
-        if whole: submit(Job(FINALIZE, None, "_finalize", {}), _finalize_job, str(run_dir), report, after=list(ids.values()))
+        batches = slurm_batches([j for j in jobs if not is_done(j)], p.executor.arrays)
+        for js, after, corr in batches:      # dependency order: a job's inputs are submitted before it
+            submit(js, execute_job, str(run_dir), suite_cfg, p.seed, None, True, after=dependency_ids(after, batches, ids),
+                   corr=None if corr is None else ids[batches[corr][0][0].rel].rsplit("_", 1)[0])
+        if whole: submit([Job(FINALIZE, None, "_finalize", {})], _finalize_job, str(run_dir), report, after=dependency_ids(list(ids), batches, ids))
     except BaseException as e:    # a half-submitted run: cancel what is queued, say so
         pool.cancel()
         raise SdlmsError(f"submitting to Slurm failed after {len(ids)} jobs ({type(e).__name__}: {str(e)[:300]}); those jobs are "
                          f"cancelled; fix the cause and `sdlms run --resume {run_dir.name}`") from None
     last = "; the last one completes the run and builds its report" if whole else ""
-    log(f"submitted {len(ids)} Slurm jobs{last}; follow them with `sdlms status {run_dir.name}`")
+    arr = sum(len(js) > 1 for js, _, _ in batches)
+    log(f"submitted {len(ids)} Slurm jobs" + (f" ({sum(len(js) for js, _, _ in batches if len(js) > 1)} of them in {arr} job arrays)" if arr else "")
+        + f"{last}; follow them with `sdlms status {run_dir.name}`")
     if not wait: return run_dir
     stage_jobs = [j for j in jobs if j.stage.key != "train"]
     bar = tqdm(total=len(stage_jobs), initial=sum(map(is_done, stage_jobs)), desc="stages", unit="stage", disable=not progress)

@@ -11,8 +11,8 @@ import torch
 from .core import SdlmsError
 
 # %% auto #0
-__all__ = ['StopForward', 'decoder_layers', 'site_layer', 'site_hook', 'zero_fn', 'constant_fn', 'site_mean_recorder',
-           'site_means']
+__all__ = ['StopForward', 'decoder_layers', 'input_device', 'site_layer', 'site_hook', 'zero_fn', 'constant_fn',
+           'site_mean_recorder', 'site_means']
 
 # %% ../nbs/07_sites.ipynb #db1321df
 class StopForward(Exception):
@@ -27,6 +27,15 @@ def decoder_layers(model, # a causal LM of a registered architecture, or its bas
     path = SITE_REGISTRY[model.config.model_type][0]
     try: return list(_get(model, path))
     except AttributeError: return list(_get(model, path.split(".", 1)[1]))      # a base model without the LM head
+
+# %% ../nbs/07_sites.ipynb #353b83ab
+def input_device(model, # a causal LM (possibly spread over devices with a device map)
+                ):
+    """Where a model's input ids go: its input embedding's device; the CPU when the embedding is offloaded (its weights on
+    the meta device: accelerate's hook moves the ids on to where the embedding runs)."""
+    import torch
+    w = model.get_input_embeddings().weight
+    return torch.device("cpu") if w.device.type == "meta" else w.device
 
 # %% ../nbs/07_sites.ipynb #38384f07
 def site_layer(model, # the model that holds the site
@@ -91,7 +100,7 @@ def site_means(model, # the causal LM
                batch_size: int = 16, # blocks per forward pass
               ) -> dict:
     "Mean activation vector of each site `{key: down-projection module}` over the tokens of `ids_BT`, in one pass."
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     with site_mean_recorder(site_modules) as means, torch.inference_mode():
         for i in range(0, len(ids_BT), batch_size): model(input_ids=torch.as_tensor(ids_BT[i:i + batch_size]).to(dev))
     return means

@@ -11,7 +11,7 @@ import torch
 
 from .core import SdlmsError
 from .config import SAEParams
-from .sites import StopForward, site_hook
+from .sites import StopForward, input_device, site_hook
 from .capture import ActivationCache
 
 # %% auto #0
@@ -105,7 +105,7 @@ def collect_site_activations(
     """The input of `site_module` (an MLP's down projection: the MLP activations) for token blocks `ids_BT`, as a
     `(B * T, d)` float16 tensor (bfloat16 if float16 would overflow). Each forward pass stops at the site."""
     ids = torch.as_tensor(np.asarray(ids_BT), dtype=torch.long)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     out, pos = None, 0
     def hook(a_ND):
         nonlocal out, pos

@@ -33,6 +33,8 @@ def test_shipped_params_are_valid(name):
     ({"device": "gpu"}, "device: 'gpu'; use cpu, cuda, cuda:<n> or auto"),
     ({"devices": {"dynamic_k": "cuda"}}, "devices.dynamic_k: no such model stage; per-stage devices: capture, sae, specialization"),
     ({"devices": {"sae": "tpu"}}, "devices.sae: 'tpu'; use cpu, cuda, cuda:<n> or auto"),
+    ({"device_map": "everywhere"}, "device_map: 'everywhere' is not one of [None, 'auto', 'balanced', 'balanced_low_0', 'sequential']"),
+    ({"executor": {"arrays": "yes"}}, "executor.arrays: expected bool, got str"),
     ({"tokens_per_task": 10, "block_size": 64}, "tokens_per_task (10) must be at least block_size (64)"),
     ({"suite": {"sizes": ["xl"]}}, "suite.sizes: no longer a parameter: the suite trains the micro models named in `models`"),
     ({"models": ["micro-xs"], "sae": {"d_sae": 64, "k": 100}}, "sae for micro-xs (MLP width 256): sae.k (100) is larger than d_sae (64)"),

@@ -1,6 +1,7 @@
 """The Slurm executor end to end against a stand-in for Slurm's commands (`fake_slurm`): `sdlms run` submits every job
-at once with its dependencies and returns; the queue runs them as Slurm would (each after the jobs it reads, newest ready
-first); the last job completes the run; a preempted SAE job requeues itself and resumes from its checkpoint."""
+at once, as job arrays where jobs wait for the same inputs, with its dependencies and returns; the queue runs them as
+Slurm would (each after the jobs it reads, newest ready first); the last job completes the run; a preempted SAE array
+task requeues itself and resumes from its checkpoint, and each specialization task waits for its own site's SAE task."""
 import json, os, signal, time
 from pathlib import Path
 
@@ -35,10 +36,13 @@ def test_submit_and_return_then_the_queue_completes_the_run(smoke_run, slurm):
     assert time.perf_counter() - t0 < 60 and run_status(d)["status"] == "submitted"
     sub = {m["stage"]: m["job_id"] for m in read_jsonl(d / "meta.jsonl") if m.get("event") == "submitted"}
     assert set(sub) == {"suite", "capture/micro-tiny", "specialization/micro-tiny/L0", "specialization/micro-tiny/L1", "scaling", "_finalize"}
+    arr = sub["specialization/micro-tiny/L0"].split("_")[0]            # the two specialization jobs: one job array
+    assert (sub["specialization/micro-tiny/L0"], sub["specialization/micro-tiny/L1"]) == (f"{arr}_0", f"{arr}_1")
+    assert all("_" not in i for r, i in sub.items() if not r.startswith("specialization/"))
     deps = {rel: fake_slurm_deps(slurm, i) for rel, i in sub.items()}
     assert deps["capture/micro-tiny"] == [sub["suite"]] and deps["specialization/micro-tiny/L1"] == [sub["capture/micro-tiny"]]
-    assert set(deps["scaling"]) == {sub[r] for r in ("capture/micro-tiny", "specialization/micro-tiny/L0", "specialization/micro-tiny/L1")}
-    assert set(deps["_finalize"]) == {i for r, i in sub.items() if r != "_finalize"}
+    assert set(deps["scaling"]) == {sub["capture/micro-tiny"], arr}     # all of an array: its own id
+    assert set(deps["_finalize"]) == {sub["suite"], sub["capture/micro-tiny"], arr, sub["scaling"]}
     t = job_table(d)
     assert (t.state == "queued").all() and t.job_id.notna().all()
     with pytest.raises(SdlmsError, match="still has Slurm jobs queued or running"):
@@ -63,7 +67,7 @@ def test_a_failed_job_cancels_what_waits_for_it_and_wait_reports_it(smoke_run, s
     "`--wait` follows the jobs; a failed job cancels the jobs waiting for it, and the waiting run names it."
     import threading
     p = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
-    p.update(name="smoke-wait", executor=SLURM, dynamic_k={"enabled": False})
+    p.update(name="smoke-wait", executor={**SLURM, "arrays": False}, dynamic_k={"enabled": False})   # one sbatch job per job
     out = {}
     def cluster():                                                   # the queue starts once everything is submitted
         while '"sdlms:_finalize"' not in ((slurm / "jobs.json").read_text() if (slurm / "jobs.json").exists() else ""): time.sleep(0.1)
@@ -85,15 +89,21 @@ def test_a_failed_job_cancels_what_waits_for_it_and_wait_reports_it(smoke_run, s
 
 
 def test_preempted_sae_job_requeues_and_resumes_from_its_checkpoint(slurm):
+    """Both sites' SAE jobs form one job array, and their specialization jobs another whose task i waits for SAE task i
+    (`aftercorr`); SAE task 1 is preempted, requeues and resumes, and ends where an uninterrupted run's SAE ends."""
     import threading
     from sae_lens import SAE
     p = yaml.safe_load((ROOT / "params" / "smoke_sae.yaml").read_text())
     p.update(layers=[1], specialization={"enabled": False}, dynamic_k={"enabled": False})
-    p["sae"].update(k=[4], train_tokens=256 * 1500, checkpoint_every=100)
-    ref = run(p, report=False, **quiet)                              # the same params, uninterrupted, in the local pool
-    p["executor"] = SLURM
+    p["sae"].update(k=[4], train_tokens=256 * 800, checkpoint_every=100)
+    ref = run(p, report=False, **quiet)                              # site L1's SAE, uninterrupted, in the local pool
+    p.update(executor=SLURM, layers=[0, 1], specialization={"enabled": True})
     d = run(p, report=False, **quiet)
     sub = {m["stage"]: m["job_id"] for m in read_jsonl(d / "meta.jsonl") if m.get("event") == "submitted"}
+    sa, sp = (sub[f"{s}/micro-tiny/L0"].split("_")[0] for s in ("sae", "specialization"))
+    assert [sub[f"{s}/micro-tiny/L{l}"] for s in ("sae", "specialization") for l in (0, 1)] == [f"{sa}_0", f"{sa}_1", f"{sp}_0", f"{sp}_1"]
+    assert fake_slurm_deps(slurm, f"{sa}_1") == [sub["capture/micro-tiny"]]
+    assert fake_slurm_deps(slurm, f"{sp}_1") == [sub["capture/micro-tiny"], f"{sa}_1"]   # its own site's SAE task, not the whole array
     sent = []
     def preempt(jid, proc, rec):                                     # Slurm's warning before preemption: USR2 to the job step
         if jid != sub["sae/micro-tiny/L1"] or sent: return
