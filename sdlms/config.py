@@ -15,10 +15,10 @@ from .corpus import GENERATORS
 
 
 # %% auto #0
-__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'DEVICE_MAPS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'DEVICE_STAGES',
-           'REMOVED_KEYS', 'ARCHITECTURES', 'F', 'split_revision', 'step_of', 'CaptureConfig', 'SuiteParams',
-           'SpecParams', 'DynamicKParams', 'ExecutorParams', 'spec_default', 'merge_overrides', 'RunParams',
-           'stage_device', 'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
+__all__ = ['DK_METHODS', 'DK_STATIC_SCORES', 'EXECUTORS', 'RESOURCE_KEYS', 'OVERRIDE_KEYS', 'DEVICE_STAGES', 'REMOVED_KEYS',
+           'ARCHITECTURES', 'F', 'split_revision', 'step_of', 'CaptureConfig', 'SuiteParams', 'SpecParams',
+           'DynamicKParams', 'ExecutorParams', 'spec_default', 'merge_overrides', 'RunParams', 'stage_device',
+           'describe', 'build_section', 'sae_grid', 'SAEParams', 'parse_sae_params', 'dict_size']
 
 # %% ../nbs/02_config.ipynb #97fefee1
 def F(default, # the default value (lists and dicts are copied per instance)
@@ -155,7 +155,6 @@ class DynamicKParams:
 
 # %% ../nbs/02_config.ipynb #2a51b9bc
 EXECUTORS = ("local", "submitit_local", "slurm")   # where a run's jobs execute (`sdlms.executors`)
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")   # transformers' device_map strategies (`device_map`)
 RESOURCE_KEYS = ("cpus", "gpus", "mem_gb", "time_min")   # per-stage resources of submitit jobs
 
 @dataclass
@@ -209,9 +208,8 @@ class RunParams:
     device: str = F("cpu", (str,), "torch device of the model stages: cpu, cuda, cuda:<n>, or auto (cuda when the worker has a GPU)")
     devices: dict = F({}, (dict,), "per-stage device overrides, {stage: device} for capture, sae (training), specialization "
                       "(ablation passes), e.g. {sae: cuda}; dynamic-k runs on the CPU (its kernels are CPU kernels)")
-    device_map: object = F(None, (str, type(None)), "spread a model too large for one device over the job's GPUs (then CPU memory) "
-                           "with transformers' device_map, in the capture and specialization stages (their twins follow the "
-                           "same map); null: the whole model on the stage's device", [None, *DEVICE_MAPS])
+    device_map: object = F(None, (str, type(None)), "transformers' device_map for a model too big for one device: over the job's GPUs, "
+                           "then CPU (capture, specialization; twins follow); null: all on `device`", [None, "auto", "balanced", "balanced_low_0", "sequential"])
     workers: int = F(2, (int,), "parallel worker processes (suite training, per-model stages)")
     sae: dict | None = F(None, (dict, type(None)), "SAE stage (per model and layer, on the activation cache): SAEParams fields "
                     "(listed under sae.* by `sdlms params`); k and expansion (or d_sae) may be lists for a K x d grid; null: no SAE stage")

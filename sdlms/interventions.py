@@ -113,11 +113,13 @@ class ResidualStore:
         return self._track([layer], layer)
 
     def _fingerprint(self) -> dict:
-        "What the stored states depend on besides the token ids: architecture, dtype and a checksum of the weights."
+        """What the stored states depend on besides the token ids: architecture, dtype and a checksum of the weights (None
+        where they are offloaded: on the meta device, their values are not in memory, and no saved states are reused)."""
         w = self.model.get_input_embeddings().weight
-        L0 = self.dec[0]
+        ps = [w, *self.dec[0].parameters()]
+        ok = all(q.device.type != "meta" for q in ps)
         return {"model_type": self.model.config.model_type, "dtype": str(w.dtype),
-                "checksum": [float(w.double().sum()), float(sum(q.double().sum() for q in L0.parameters()))]}
+                "checksum": [float(w.sum(dtype=torch.float64)), float(sum(q.sum(dtype=torch.float64).cpu() for q in ps[1:]))] if ok else None}
 
     def save(self,
              path, # file written with `torch.save`
@@ -140,7 +142,7 @@ class ResidualStore:
         computed by the same weights (else none: they are recomputed when needed)."""
         d = torch.load(path, map_location="cpu", weights_only=True)
         st = cls(model, layers if layers is not None else list(d["layers"]))
-        if d["fingerprint"] != st._fingerprint(): return st
+        if d["fingerprint"] != st._fingerprint() or d["fingerprint"]["checksum"] is None: return st
         dev = input_device(model)
         for l, v in d["layers"].items():
             if int(l) in st.states:

@@ -15,7 +15,7 @@ from .core import SdlmsError
 # %% auto #0
 __all__ = ['SITE_REGISTRY', 'GATED_MLP', 'PACKAGED_MODELS', 'SIZES', 'check_architecture', 'n_layers_of', 'is_gated', 'd_mlp_of',
            'Site', 'mlp_sites', 'select_layers', 'relative_depth', 'is_local_model', 'packaged_model_dir',
-           'resolve_spec', 'model_source', 'load_config', 'load_model', 'random_init_twin', 'place_like',
+           'resolve_spec', 'model_source', 'load_config', 'load_model', 'random_init_twin', 'place_like', 'release',
            'count_params', 'SizeSpec', 'model_name', 'neox_config']
 
 # %% ../nbs/04_models.ipynb #609a0bb3
@@ -309,6 +309,20 @@ def place_like(model, # a model on the CPU (an init twin)
     if set(dm.values()) == {"cpu"}: return model.to("cpu")
     from accelerate import dispatch_model
     return dispatch_model(model, device_map=dm)
+
+# %% ../nbs/04_models.ipynb #2e1dd23c
+def release(model, # a loaded model (possibly spread with a device map)
+           ):
+    """Free a model's weights (device and CPU memory; accelerate's hooks removed) and return it as a skeleton on the meta
+    device: its config, modules and parameter counts stay readable. The capture stage releases the trained model before
+    its init twin takes the same devices."""
+    import gc, torch
+    if getattr(model, "hf_device_map", None):
+        from accelerate.hooks import remove_hook_from_module
+        remove_hook_from_module(model, recurse=True)
+    model.to("meta"); gc.collect()
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+    return model
 
 # %% ../nbs/04_models.ipynb #dba33cdd
 def count_params(model, # a torch model with input (and output) embeddings

@@ -21,7 +21,7 @@ import yaml
 from .core import SdlmsError, append_jsonl, hash_json, package_versions, read_jsonl, repo_root, write_json
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
-from .executors import SubmititPool, check_executor, dependency_ids, gpu_ids, slurm_batches, worker_init
+from .executors import SubmititPool, check_executor, dependency_ids, gpu_groups, gpu_ids, slurm_batches, worker_init
 from .rundir import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states, SLURM_FINAL
 from .jobs import (FINALIZE, KERNEL, STAGES, TRAIN, Job, Stage, _finalize_job, ensure_kernel, execute_job, execute_stage,
                         finalize_run, kernel_env, plan, stages_dir)
@@ -187,9 +187,9 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, 
     old = _sigterm_as_interrupt()
     try:
         if local:
-            gpus = gpu_ids(); gq = ctx.Queue() if gpus else None         # one GPU per worker while they last
-            for g in gpus: gq.put(g)
-            if gpus: log(f"  GPUs {', '.join(gpus)}: one per worker ({min(len(gpus), workers)} of {workers} workers)")
+            groups = gpu_groups(gpu_ids(), workers); gq = ctx.Queue() if groups else None   # the GPUs split evenly among workers
+            for g in groups: gq.put(g)
+            if groups: log(f"  GPUs {' | '.join(groups)}: {len(groups)} of {workers} workers get {len(groups[0].split(','))} each")
             with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=worker_init, initargs=("ignore", gq)) as ex:
                 try:
                     run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None, False, True),
