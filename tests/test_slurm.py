@@ -97,7 +97,8 @@ def test_preempted_sae_job_requeues_and_resumes_from_its_checkpoint(slurm):
     p.update(layers=[1], specialization={"enabled": False}, dynamic_k={"enabled": False})
     p["sae"].update(k=[4], train_tokens=256 * 800, checkpoint_every=100)
     ref = run(p, report=False, **quiet)                              # site L1's SAE, uninterrupted, in the local pool
-    p.update(executor=SLURM, layers=[0, 1], specialization={"enabled": True})
+    p.update(executor=SLURM, layers=[0, 1], specialization={"enabled": True, "n_null": 2, "n_boot": 10, "n_null_q": 1, "init_twin": False,
+                                                            "ablate": False})    # cheap: here it only has to wait for its SAE task
     d = run(p, report=False, **quiet)
     sub = {m["stage"]: m["job_id"] for m in read_jsonl(d / "meta.jsonl") if m.get("event") == "submitted"}
     sa, sp = (sub[f"{s}/micro-tiny/L0"].split("_")[0] for s in ("sae", "specialization"))
