@@ -320,7 +320,9 @@ def release(model, # a loaded model (possibly spread with a device map)
     if getattr(model, "hf_device_map", None):
         from accelerate.hooks import remove_hook_from_module
         remove_hook_from_module(model, recurse=True)
-    model.to("meta"); gc.collect()
+    model.to("meta")
+    if hasattr(model, "tie_weights"): model.tie_weights()     # moving breaks tied embeddings apart: tie them again (counts)
+    gc.collect()
     if torch.cuda.is_available(): torch.cuda.empty_cache()
     return model
 
