@@ -27,6 +27,7 @@ def test_real_model_sparsity_is_read_by_magnitude(smol_run):
     df = pd.read_csv(smol_run / "sparsity.csv")
     r = df.iloc[0]
     assert (r.model, r.layer, r.d_mlp, r.n_layers) == ("smollm2-135m", 15, 1536, 30)
+    assert r.params == 134_515_008                              # its published size: the tied embedding counted once
     assert bool(r.gated) and not bool(r.frac_active_meaningful) and r.mlp == "silu-gated"
     assert "dequantised" in r.weights
     # the sign-symmetric site: a > 0 on half of the entries, trained and at init alike, which is why it is not read
