@@ -250,7 +250,7 @@ def _submit_run(run_dir, p, jobs, whole, is_done, suite_cfg, report, wait, poll_
         batches = slurm_batches([j for j in jobs if not is_done(j)], p.executor.arrays)
         for js, after, corr in batches:      # dependency order: a job's inputs are submitted before it
             submit(js, execute_job, str(run_dir), suite_cfg, p.seed, None, True, after=dependency_ids(after, batches, ids),
-                   corr=None if corr is None else ids[batches[corr][0][0].rel].rsplit("_", 1)[0])
+                   corr=None if corr is None else dependency_ids([j.rel for j in batches[corr][0]], batches, ids)[0])   # the array's id
         if whole: submit([Job(FINALIZE, None, "_finalize", {})], _finalize_job, str(run_dir), report, after=dependency_ids(list(ids), batches, ids))
     except BaseException as e:    # a half-submitted run: cancel what is queued, say so
         pool.cancel()
