@@ -86,20 +86,28 @@ class ActivationCache:
     "Read an activation cache folder: memory-mapped shards, the token index and the manifest."
     def __init__(self,
                  path, # the cache folder (with manifest.json)
-                 verify: bool = False, # check every shard's sha256
+                 verify: bool = False, # check every shard's sha256 (sizes are always checked)
                 ):
         self.path = Path(path)
         mf = self.path / "manifest.json"
+        fix = "repair the run with `sdlms run --resume <run> --repair` (it re-runs the capture stage that wrote it)"
         if not mf.exists():
+            if self.path.is_dir() and any(self.path.glob("shard_*.npy")):
+                raise SdlmsError(f"the activation cache {self.path} has shards but no manifest.json: it is damaged; {fix}")
             hint = " (an interrupted capture left it .partial)" if self.path.with_name(self.path.name + ".partial").exists() else ""
             raise SdlmsError(f"no activation cache at {self.path}{hint}; run the capture stage with capture.cache: true "
                              f"(`sdlms run <params>` or `sdlms run --resume <run>`)")
-        self.manifest = json.loads(mf.read_text())
+        try: self.manifest = json.loads(mf.read_text())
+        except ValueError: raise SdlmsError(f"the activation cache manifest {mf} is not valid JSON: it is damaged; {fix}") from None
         self.d, self.dtype, self.n_tokens = self.manifest["d"], self.manifest["dtype"], self.manifest["tokens"]
-        if verify:
-            for s in self.manifest["shards"]:
-                if sha256_file(self.path / s["file"]) != s["sha256"]:
-                    raise SdlmsError(f"cache shard {self.path / s['file']} is corrupt (checksum mismatch); re-run capture")
+        for s in self.manifest["shards"]:                 # sizes always (a stat each): a truncated shard is named here
+            f = self.path / s["file"]
+            if not f.is_file(): raise SdlmsError(f"cache shard {f} is missing: the cache is damaged; {fix}")
+            if f.stat().st_size < s["tokens"] * self.d * 2:
+                raise SdlmsError(f"cache shard {f} is truncated ({f.stat().st_size:,} bytes for {s['tokens']} x {self.d} "
+                                 f"2-byte values): the cache is damaged; {fix}")
+            if verify and sha256_file(f) != s["sha256"]:
+                raise SdlmsError(f"cache shard {f} is corrupt (its sha256 differs from the one written in manifest.json); {fix}")
         self.lengths = [s["tokens"] for s in self.manifest["shards"]]
         self.starts = np.cumsum([0] + self.lengths)
 
@@ -107,7 +115,11 @@ class ActivationCache:
               k: int, # shard number
              ) -> np.ndarray:
         "Shard `k`, memory-mapped (drop the reference to release its pages)."
-        return np.load(self.path / self.manifest["shards"][k]["file"], mmap_mode="r")
+        f = self.path / self.manifest["shards"][k]["file"]
+        try: return np.load(f, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise SdlmsError(f"cache shard {f} cannot be read ({e}): the cache is damaged; repair the run with "
+                             "`sdlms run --resume <run> --repair`") from None
 
     @property
     def shards(self) -> list:
@@ -253,8 +265,13 @@ def capture(model, # a causal LM with registered MLP sites
     def commit(sl):
         for l in layers:
             a = pending.pop(l)
-            if l in st: st[l].update(a.float().cpu() if a.device.type != "cpu" else a, task_T[sl],
-                                     None if mask is None else mask[sl], block=blocks.block_size)
+            try:
+                if l in st: st[l].update(a.float().cpu() if a.device.type != "cpu" else a, task_T[sl],
+                                         None if mask is None else mask[sl], block=blocks.block_size)
+            except SdlmsError as e: raise SdlmsError(f"{desc}: layer {l} ({sites[l].name}): {e}") from None
+            if l not in st and not torch.isfinite(a).all():     # only the caches are written: check them here
+                raise SdlmsError(f"{desc}: layer {l} ({sites[l].name}): non-finite activations (NaN/inf); check the model "
+                                 "weights and dtype (float16 models can overflow: use float32 or bfloat16)")
             if l in writers: writers[l].append(a)
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     bs, halved = batch_size, 0

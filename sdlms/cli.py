@@ -26,6 +26,8 @@ def _parser():
     r.add_argument("--no-report", action="store_true", help="skip the report")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal: one line per stage)")
     r.add_argument("--wait", action="store_true", help="Slurm executor: follow the submitted jobs until the run is complete (else submit and return)")
+    r.add_argument("--repair", action="store_true",
+                   help="with --resume: re-run exactly the stages whose outputs are damaged or missing (see `sdlms verify`), also of a complete run")
     rp = sub.add_parser("report", help="render a run's report (Quarto if installed, else nbconvert)")
     rp.add_argument("run", help="run folder or name under artifacts/")
     c = sub.add_parser("compare", help="cross-run scaling: plot the capture results of several runs together")
@@ -34,6 +36,8 @@ def _parser():
     v = sub.add_parser("validate", help="check a params file without running anything")
     v.add_argument("params")
     sub.add_parser("params", help="list every parameter with its default and meaning")
+    vf = sub.add_parser("verify", help="check every result of a run against the checksums it was written with (exit 1 when damaged)")
+    vf.add_argument("run", help="run folder or name under artifacts/")
     s = sub.add_parser("status", help="every job of a run: state, duration, node, log (executed notebook) and artifacts")
     s.add_argument("run", help="run folder or name under artifacts/")
     b = sub.add_parser("build-suite", help="build (or find in the cache) the micro-suite of a params file")
@@ -41,6 +45,34 @@ def _parser():
     return ap
 
 # %% ../nbs/34_cli.ipynb #e02eaad6
+def _report(ref):
+    """`sdlms report`: a complete run's results are checked first (damaged stages are refused, naming the files; damaged
+    run-wide tables are merged again from the stages' tables), then the report is built and its outcome recorded."""
+    from sdlms.rundir import damage_message, find_run, refresh_tables, run_status, verify_run
+    from sdlms.jobs import build_run_report
+    d = find_run(ref); st = run_status(d)
+    if st.get("status") != "complete" or st.get("kind") == "compare":
+        from sdlms.report import build_report
+        print(f"report: {build_report(d)}"); return
+    bad = verify_run(d, content=True)
+    if set(bad) - {"tables"}: raise SdlmsError(damage_message(d, {k: v for k, v in bad.items() if k != "tables"}))
+    if bad:
+        refresh_tables(d); print("the run-wide tables were damaged; merged again from the stages' own tables")
+    build_run_report(d, log=print)
+
+def _verify(ref) -> int:
+    "`sdlms verify`: every stage's files (sizes and sha256) and the run-wide tables; 0 when intact, 1 when damaged."
+    from sdlms.rundir import damage_message, find_run, params_changes, run_status, verify_run
+    d = find_run(ref); st = run_status(d)
+    bad, ch = verify_run(d, content=True), params_changes(d)
+    if ch: print(f"{d.name}: params.yaml was edited after the run was created:\n" + "\n".join(f"  - {c}" for c in ch))
+    if bad: print(damage_message(d, bad))
+    if bad or ch: return 1
+    done = [r for r in st.get("stages", []) if (d / r).exists()]
+    print(f"{d.name}: intact ({len(done)} of {len(st.get('stages', []))} stages published, every file as written"
+          + (", run-wide tables too" if st.get("tables") else "") + ")")
+    return 0
+
 def main(argv=None, # the arguments after the program name; None: `sys.argv[1:]`
         ):
     "Entry point of the `sdlms` command; user errors print one clear message and exit 2."
@@ -50,12 +82,14 @@ def main(argv=None, # the arguments after the program name; None: `sys.argv[1:]`
             from sdlms.runner import run
             if a.params and a.resume: raise SdlmsError("give a params file or --resume <run>, not both")
             if not a.params and not a.resume: raise SdlmsError("give a params file (e.g. `sdlms run params/default.yaml`) or --resume <run>")
+            if a.repair and not a.resume: raise SdlmsError("--repair works on an existing run: `sdlms run --resume <run> --repair`")
             d = run(a.params, resume=a.resume, workers=a.workers, stop_after=a.stop_after, report=not a.no_report,
-                    progress=not a.no_progress and sys.stderr.isatty(), wait=a.wait)   # a log file gets one line per stage
+                    progress=not a.no_progress and sys.stderr.isatty(), wait=a.wait, repair=a.repair)   # a log file gets one line per stage
             print(f"run folder: {d}")
         elif a.cmd == "report":
-            from sdlms.report import build_report
-            print(f"report: {build_report(a.run)}")
+            _report(a.run)
+        elif a.cmd == "verify":
+            return _verify(a.run)
         elif a.cmd == "compare":
             from sdlms.runner import compare
             print(f"folder: {compare(a.runs, a.name)}")
@@ -67,7 +101,9 @@ def main(argv=None, # the arguments after the program name; None: `sys.argv[1:]`
         elif a.cmd == "status":
             from sdlms.rundir import RunLock, find_run, job_table, run_status
             d = find_run(a.run); t = job_table(d); who = RunLock.holder(d)
-            print(f"{d}: {run_status(d).get('status')}" + (f", being written by {who}" if who else "") + " | "
+            st = run_status(d); rep = st.get("report", "built")
+            print(f"{d}: {st.get('status')}" + (f" (report {rep})" if st.get("status") == "complete" and rep != "built" else "")
+                  + (f", being written by {who}" if who else "") + " | "
                   + ", ".join(f"{v} {k}" for k, v in t.state.value_counts().items()))
             import pandas as pd
             with pd.option_context("display.max_colwidth", None, "display.width", 250): print(t.fillna("").to_string(index=False))

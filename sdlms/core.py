@@ -20,7 +20,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['SdlmsError', 'set_threads', 'set_seed', 'sha256_bytes', 'sha256_file', 'hash_json', 'hash_state_dict',
            'package_versions', 'repo_root', 'cache_dir', 'write_json', 'append_jsonl', 'read_jsonl', 'timed',
-           'add_times']
+           'add_times', 'file_manifest', 'check_files', 'require_finite', 'build_lock']
 
 # %% ../nbs/00_core.ipynb #c14f5991
 class SdlmsError(Exception):
@@ -146,3 +146,84 @@ def add_times(timings, # dict of seconds per phase, or None to do nothing
     if timings is not None:
         for key, v in kw.items():
             timings[key] = timings.get(key, 0.0) + v
+
+# %% ../nbs/00_core.ipynb #777a904f
+def file_manifest(folder, # a folder whose files are recorded
+                  skip=("meta.json",), # file names (relative paths) left out
+                 ) -> dict:
+    "`{relative path: {size, sha256}}` of every file under `folder`, in path order (`skip` left out)."
+    folder = Path(folder)
+    out = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f.relative_to(folder).as_posix()
+        if rel in skip: continue
+        out[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+    return out
+
+# %% ../nbs/00_core.ipynb #9d2ae485
+def check_files(folder, # the folder the manifest describes
+                files: dict, # its manifest (`file_manifest`)
+                content: bool = False, # also compare every file's sha256 (else sizes only)
+                only=None, # a predicate on relative paths: check only those it accepts
+               ) -> list:
+    "Problems of `folder` against its manifest, one `'<path>: <what>'` line each (missing, wrong size, wrong content)."
+    folder, bad = Path(folder), []
+    for rel, rec in files.items():
+        if only is not None and not only(rel): continue
+        f = folder / rel
+        if not f.is_file(): bad.append(f"{rel}: missing"); continue
+        size = f.stat().st_size
+        if size != rec["size"]: bad.append(f"{rel}: {size:,} bytes, {rec['size']:,} when written"); continue
+        if content and sha256_file(f) != rec["sha256"]: bad.append(f"{rel}: content changed since it was written (sha256)")
+    return bad
+
+# %% ../nbs/00_core.ipynb #6feff2f2
+def require_finite(x, # a number, array, tensor, Series or DataFrame (its numeric columns)
+                   what: str, # what the values are, with where they come from (model, layer, stage)
+                   fix: str = "", # what to do about it (appended to the message)
+                  ):
+    "Raise `SdlmsError` naming `what` and its first non-finite value (and where it sits) when `x` holds NaN or inf."
+    import pandas as pd
+    if isinstance(x, pd.DataFrame):
+        for c in x.select_dtypes("number").columns:
+            v = x[c].to_numpy(dtype=np.float64)
+            if not np.isfinite(v).all():
+                i = int(np.flatnonzero(~np.isfinite(v))[0])
+                row = ", ".join(f"{k}={x[k].iloc[i]}" for k in ("model", "layer", "task", "method", "keep", "variant") if k in x)
+                raise SdlmsError(f"{what}: column {c!r} is {v[i]} in row {i}{f' ({row})' if row else ''} "
+                                 f"({int((~np.isfinite(v)).sum())} of {len(v)} rows not finite){'; ' + fix if fix else ''}")
+        return x
+    if hasattr(x, "detach"): v = x.detach().float().cpu().numpy()
+    else: v = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(v).all():
+        bad = ~np.isfinite(v); i = np.unravel_index(int(np.flatnonzero(bad)[0]), v.shape) if v.ndim else ()
+        raise SdlmsError(f"{what} is not finite: {v[i]}{f' at index {tuple(int(j) for j in i)}' if v.ndim else ''} "
+                         f"({int(bad.sum())} of {v.size} values){'; ' + fix if fix else ''}")
+    return x
+
+# %% ../nbs/00_core.ipynb #14ba4c8a
+@contextmanager
+def build_lock(target, # the cache entry being built (a file or folder path); the lock is `<target>.lock`
+               log=print, # told once when another builder holds the lock
+               what: str = "", # what is built, for that message
+              ):
+    """Hold an exclusive lock for building `target` (`fcntl.flock` on `<target>.lock`): a second builder waits for the
+    first, then sees its result. A `<target>.partial` found while holding the lock was left by a builder that died:
+    it is removed. The lock is released however the block ends (a killed process releases it too)."""
+    import fcntl, shutil, socket
+    target = Path(target); target.parent.mkdir(parents=True, exist_ok=True)
+    f = open(target.with_name(target.name + ".lock"), "a+")
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0); who = f.read().strip() or "another process"
+            log(f"waiting for {who}, which is building {what or target.name}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {socket.gethostname()}"); f.flush()
+        stale = target.with_name(target.name + ".partial")
+        if stale.is_dir(): shutil.rmtree(stale)
+        elif stale.exists(): stale.unlink()
+        yield target
+    finally:
+        try: f.truncate(0)
+        finally: f.close()

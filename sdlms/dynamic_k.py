@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .activity import unit_thresholds
-from .core import SdlmsError
+from .core import SdlmsError, require_finite
 from .sites import decoder_layers
 from .sparse_mlp import LowRankSelector, PackedMLP, SparseMLPs, TealMLP
 
@@ -250,6 +250,10 @@ def decode_quality(model, # a Hugging Face causal LM, float32
             past_s = o.cache; ls.append(o.logits[0, -1])
             sec[0] += t1 - t0; sec[1] += t3 - t2
         dense, sparse = (torch.log_softmax(torch.stack(v).float(), -1) for v in (ld, ls))
+        require_finite(dense, f"the dense model's log-probabilities on probe block {b} (task {task})",
+                       "the model's weights or activations hold NaN/inf (a damaged model folder, or float16 overflow)")
+        require_finite(sparse, f"the sparse model's log-probabilities on probe block {b} (task {task})",
+                       "the sparse MLP path produced NaN/inf where the dense model is finite")
         tgt = torch.as_tensor(ids[prefix:], dtype=torch.long)
         kept = np.mean(sw.kept[n0:]) if len(sw.kept) > n0 else 1.0
         rows.append({"task": task, "tokens": len(tgt),
@@ -257,7 +261,8 @@ def decode_quality(model, # a Hugging Face causal LM, float32
                      "kl": float((dense.exp() * (dense - sparse)).sum()), "top1": float((dense.argmax(1) == sparse.argmax(1)).sum()),
                      "keep_realised": float(kept) * len(tgt), "seconds_dense": sec[0], "seconds_sparse": sec[1]})
     df = pd.DataFrame(rows)
-    g = pd.concat([df.groupby("task", sort=False).sum(numeric_only=True), df.sum(numeric_only=True).to_frame("all").T])
+    g = pd.concat([df.groupby("task", sort=False).sum(numeric_only=True, skipna=False),     # a NaN stays a NaN
+                   df.sum(numeric_only=True, skipna=False).to_frame("all").T])
     out = pd.DataFrame({"tokens": g.tokens.astype(int)})
     for c in ("loss_dense", "loss_sparse", "kl", "top1", "keep_realised"): out[c] = g[c] / g.tokens
     out["ppl_dense"], out["ppl_sparse"] = np.exp(out.loss_dense), np.exp(out.loss_sparse)

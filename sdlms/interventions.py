@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 import torch
 
-from .core import SdlmsError
+from .core import SdlmsError, require_finite
 from .sites import StopForward, decoder_layers, input_device, site_hook, site_layer
 
 # %% auto #0
@@ -244,6 +244,11 @@ def variant_losses(model, # the causal LM
             for j, n in runs:
                 tot, cnt = out[names[j]]
                 np.add.at(tot, task_B[bl[s:s + n]], l[s:s + n]); np.add.at(cnt, task_B[bl[s:s + n]], 1); s += n
+    for n, (tot, _) in out.items():              # a NaN loss must stop the stage, never be summed away later
+        require_finite(tot, f"the model's own probe loss per task ({desc})" if fns[n] is None else
+                       f"the probe loss per task with the site's input replaced by {n!r} ({desc})",
+                       "the model's weights or activations hold NaN/inf (a damaged model folder, or float16 overflow: "
+                       "use float32 or bfloat16)" if fns[n] is None else "the replacement produced NaN/inf")
     return out
 
 # %% ../nbs/10_interventions.ipynb #cf4d2c6b

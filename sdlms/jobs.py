@@ -18,14 +18,16 @@ from typing import NamedTuple
 
 import yaml
 
-from .core import SdlmsError, append_jsonl, hash_json, package_versions, repo_root, write_json
+from .core import SdlmsError, append_jsonl, file_manifest, hash_json, package_versions, repo_root, write_json
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
-from .rundir import merge_sparsity, merge_specialization, run_status, slug
+from .rundir import (check_measured, damage_message, merge_sparsity, merge_specialization, refresh_tables, run_status, slug,
+                          stage_problems, verify_run)
 
 # %% auto #0
 __all__ = ['STAGES', 'TRAIN', 'KERNEL', 'WARM_IMPORTS', 'FINALIZE', 'Stage', 'stages_dir', 'Job', 'plan', 'ensure_kernel',
-           'kernel_env', 'WarmKernel', 'execute_stage', 'execute_job', 'finalize_run']
+           'kernel_env', 'WarmKernel', 'execute_stage', 'input_problems', 'execute_job', 'finalize_run',
+           'build_run_report']
 
 # %% ../nbs/32_jobs.ipynb #59c87adc
 @dataclass
@@ -253,12 +255,27 @@ def execute_stage(notebook: str, # file name in `nbs/stages/`
         if km is not None: WarmKernel.finish(km)              # ours, not papermill's: killed at once
     secs = time.perf_counter() - t0
     meta = json.loads((part / "meta.json").read_text()) if (part / "meta.json").exists() else {}
+    try: check_measured(part, out_rel)          # a NaN where a measurement belongs fails the stage: it is not published
+    except SdlmsError as e: raise SdlmsError(f"stage {out_rel} failed: {e}\n  its outputs stay in {part}") from None
+    write_json(part / "meta.json", {**meta, "files": file_manifest(part)})   # what readers check the stage against
     os.replace(part, final)
     import socket
     return {**meta, "stage": out_rel, "notebook": notebook, "model": model, "seconds": round(secs, 2), "node": socket.gethostname(),
             **({"resumed": True} if resumed else {})}
 
 # %% ../nbs/32_jobs.ipynb #46ffe728
+def input_problems(run_dir, # the run folder
+                   job: Job, # a stage job about to start
+                  ) -> dict:
+    """`{stage: [problems]}` of the stages `job` reads (its `deps`): every file's size, and the contents of all but
+    activation-cache shards (a stage checks the shards it reads itself, `StageContext.upstream`)."""
+    out = {}
+    for d in job.deps:
+        if d.startswith("train/"): continue
+        bad = stage_problems(run_dir, d) or stage_problems(run_dir, d, content=True, only=lambda p: not p.endswith(".npy"))
+        if bad: out[d] = bad
+    return out
+
 def execute_job(job: Job, # the job to run
                 run_dir: str, # the run folder
                 suite: dict | None = None, # the run's `SuiteParams` as a dict (`train` jobs)
@@ -272,6 +289,9 @@ def execute_job(job: Job, # the job to run
     final = Path(run_dir) / job.rel
     if job.stage.key != "train" and final.exists() and (final / "meta.json").exists():   # a requeued job whose stage had finished
         info = {**json.loads((final / "meta.json").read_text()), "stage": job.rel, "notebook": job.stage.notebook, "model": job.model}
+        info.pop("files", None)
+    elif job.stage.key != "train" and (bad := input_problems(run_dir, job)):
+        raise SdlmsError(f"stage {job.rel} cannot start: " + damage_message(run_dir, bad))
     elif job.stage.key != "train":
         info = execute_stage(job.stage.notebook, run_dir, job.rel, job.model, extra=job.extra, resumable=job.stage.resumable, warm=warm)
     else:
@@ -294,15 +314,31 @@ def finalize_run(run_dir, # a run folder whose jobs are all done
                 ) -> Path:
     "Complete a run: merge its tables, mark it complete in run.json and build its report (a submitted run's last job)."
     run_dir = Path(run_dir)
-    merge_sparsity(run_dir); merge_specialization(run_dir)
+    bad = verify_run(run_dir, content=False)          # every stage's files as they were published (sizes)
+    if bad: raise SdlmsError(damage_message(run_dir, bad))
+    refresh_tables(run_dir)                           # the run-wide tables, and their manifest in run.json
     st = run_status(run_dir); now = dt.datetime.now()
     if seconds is None: seconds = round((now - dt.datetime.fromisoformat(st["created"])).total_seconds(), 1)
-    st.update(status="complete", finished=now.isoformat(timespec="seconds"), seconds=seconds)
+    st.update(status="complete", finished=now.isoformat(timespec="seconds"), seconds=seconds,
+              report="building" if report else "not built")
     write_json(run_dir / "run.json", st)
-    if report:
-        from sdlms.report import build_report
-        log(f"report: {build_report(run_dir, log=log)}")
+    if report: build_run_report(run_dir, log)
     return run_dir
+
+def build_run_report(run_dir, # a complete run folder
+                     log=print, # receives one line per event
+                    ) -> Path:
+    """Build the report of a complete run and record the outcome in `run.json` (`report`: built, or failed with the
+    reason); a failure (a full disk, no permission) is an `SdlmsError` that names the fix."""
+    from sdlms.report import build_report
+    run_dir = Path(run_dir)
+    try: index = build_report(run_dir, log=log)
+    except SdlmsError as e:
+        st = run_status(run_dir); st["report"] = f"failed: {str(e).splitlines()[0]}"; write_json(run_dir / "run.json", st)
+        raise
+    st = run_status(run_dir); st["report"] = "built"; write_json(run_dir / "run.json", st)
+    log(f"report: {index}")
+    return index
 
 def _finalize_job(job, run_dir, report):
     "`finalize_run` as a job (`SubmititPool.start` passes the job first)."

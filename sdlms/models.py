@@ -10,13 +10,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import SdlmsError
+from .core import SdlmsError, require_finite
 
 # %% auto #0
 __all__ = ['SITE_REGISTRY', 'GATED_MLP', 'PACKAGED_MODELS', 'SIZES', 'check_architecture', 'n_layers_of', 'is_gated', 'd_mlp_of',
            'Site', 'mlp_sites', 'select_layers', 'relative_depth', 'is_local_model', 'packaged_model_dir',
-           'resolve_spec', 'model_source', 'load_config', 'load_model', 'random_init_twin', 'place_like', 'release',
-           'count_params', 'SizeSpec', 'model_name', 'neox_config']
+           'resolve_spec', 'model_source', 'load_config', 'load_model', 'check_weights', 'random_init_twin',
+           'place_like', 'release', 'count_params', 'SizeSpec', 'model_name', 'neox_config']
 
 # %% ../nbs/04_models.ipynb #609a0bb3
 # model_type -> (path of the layer list, path of the down projection inside a layer, config field of d_mlp)
@@ -171,6 +171,17 @@ def packaged_model_dir(name: str, # a key of `PACKAGED_MODELS`
     info = PACKAGED_MODELS[name]
     out = cache_dir() / "models" / f"{name}-{info['sha256'][:12]}"
     if (out / "source.json").exists(): return out
+    from sdlms.core import build_lock
+    with build_lock(out, log=log, what=f"the float32 folder of {name}"):      # two runs converting at once: one converts
+        if (out / "source.json").exists(): return out
+        for old in out.parent.glob(f".{out.name}.*"):                           # temp folders of converters that died
+            if old.is_dir(): shutil.rmtree(old, ignore_errors=True)
+        return _convert(name, info, out, log)
+
+def _convert(name, info, out, log) -> Path:
+    "Convert the packaged GGUF of `name` into the folder `out` (written to a temp folder, then renamed)."
+    import shutil, tempfile
+    from sdlms.core import sha256_file, write_json
     f = _gguf_file(name)
     import time, torch, transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -280,9 +291,26 @@ def load_model(spec: str, # local folder, hub id (optionally `@<revision>`) or p
     kw = {"device_map": device_map} if device_map else {}
     model = AutoModelForCausalLM.from_pretrained(str(spec), dtype=getattr(torch, dtype), trust_remote_code=False, revision=rev, **kw)
     model.eval().requires_grad_(False)
+    check_weights(model, str(spec))
     if not device_map: model.to(device)
     tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=False, revision=rev)
     return model, tok
+
+def check_weights(model, # a loaded model
+                  spec: str, # where it was loaded from, for the message
+                 ):
+    """Fail (`SdlmsError`) when a weight of `model` holds NaN or inf, naming the first such tensor, its layer and how
+    many of its values are bad (weights offloaded to disk are not checked)."""
+    import re, torch
+    for name, t in model.named_parameters():
+        if t.device.type == "meta" or not t.is_floating_point(): continue
+        ok = torch.isfinite(t)
+        if not bool(ok.all()):
+            m = re.search(r"\.(\d+)\.", name)
+            bad = int((~ok).sum()); first = t.detach().reshape(-1)[int((~ok).reshape(-1).nonzero()[0])].item()
+            raise SdlmsError(f"model {spec}: weight {name}{f' (layer {m.group(1)})' if m else ''} holds {bad:,} non-finite "
+                             f"values of {t.numel():,} (the first is {first}); every result from it would be NaN or wrong: "
+                             "the model folder is damaged or was saved from a diverged model; re-create or re-save it")
 
 # %% ../nbs/04_models.ipynb #58e3cdb0
 def random_init_twin(spec_or_config, # a model spec or an HF config

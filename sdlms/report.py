@@ -350,6 +350,15 @@ def build_report(run_dir, # a run folder or run name (`runs.find_run`)
     from sdlms.rundir import find_run
     run_dir = find_run(run_dir)
     if not run_notebooks(run_dir): raise SdlmsError(f"run {run_dir.name} has no executed notebooks yet; run or resume it first")
+    try: return _build(run_dir, log, quarto)
+    except OSError as e:            # a full disk, no permission: the site stays as it was (it is published whole or not at all)
+        shutil.rmtree(run_dir / "_site.partial", ignore_errors=True)
+        why = e.strerror or type(e).__name__
+        raise SdlmsError(f"the report of run {run_dir.name} could not be written: {why} ({e.filename or run_dir}); "
+                         f"free some space (or fix the permissions), then build it with `sdlms report {run_dir.name}`") from None
+
+def _build(run_dir, log, quarto) -> Path:
+    "`build_report`'s work, once the run is known to have notebooks."
     write_quarto_project(run_dir)
     errs = check_quarto_project(run_dir)
     if errs: raise SdlmsError("report project is inconsistent:\n" + "\n".join(f"  - {x}" for x in errs))

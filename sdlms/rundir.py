@@ -14,14 +14,15 @@ from pathlib import Path
 
 import yaml
 
-from .core import SdlmsError, hash_json, package_versions, repo_root, write_json
+from .core import SdlmsError, check_files, file_manifest, hash_json, package_versions, read_jsonl, repo_root, require_finite, write_json
 from .config import RunParams
 from .params import load_params, params_dict, parse_params
 
 # %% auto #0
-__all__ = ['SLURM_STATES', 'SLURM_FINAL', 'slug', 'artifacts_root', 'new_run_dir', 'run_status', 'find_run', 'RunLock',
-           'slurm_states', 'job_table', 'merge_csv', 'merge_sparsity', 'merge_specialization', 'StageContext',
-           'stage_context', 'resolve_model']
+__all__ = ['SLURM_STATES', 'SLURM_FINAL', 'MEASURED', 'RUN_TABLES', 'slug', 'artifacts_root', 'new_run_dir', 'run_status',
+           'find_run', 'RunLock', 'slurm_states', 'check_measured', 'stage_problems', 'table_manifest', 'verify_run',
+           'damage_message', 'params_changes', 'check_params_unchanged', 'job_table', 'merge_csv', 'merge_sparsity',
+           'merge_specialization', 'refresh_tables', 'StageContext', 'stage_context', 'resolve_model']
 
 # %% ../nbs/26_rundir.ipynb #f50a4d0a
 def slug(model: str, # a model spec: micro-suite name, packaged name, hub id or local path
@@ -139,6 +140,113 @@ def _array_ids(jid: str) -> list:
 
 SLURM_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 
+# %% ../nbs/26_rundir.ipynb #dd33de64
+MEASURED = {   # per stage table, the columns that must hold finite numbers when the stage is published
+    "sparsity.csv": ("frac_active", "top10_mass", "act_std", "pr", "pr_over_d", "mlp_zero_cost", "mlp_mean_cost",
+                     "init_frac_active", "init_pr", "init_mlp_zero_cost", "init_mlp_mean_cost"),
+    "dynamic_k.csv": ("loss_dense", "loss_sparse", "kl", "top1", "ppl_dense", "ppl_sparse"),
+    "ablation.csv": ("loss_clean", "loss_ablated", "delta", "control_delta"),
+    "sae_metrics.csv": ("loss_clean", "loss_zero", "loss_mean"),
+}
+
+def check_measured(folder, # a stage's output folder
+                   stage: str, # the stage (its path in the run), for the message
+                  ):
+    "Fail (`SdlmsError`) when a table of `folder` named in `MEASURED` holds NaN or inf in one of its measured columns."
+    import pandas as pd
+    for f in sorted(Path(folder).rglob("*.csv")):
+        cols = MEASURED.get(f.name)
+        if not cols or f.stat().st_size <= 1: continue
+        df = pd.read_csv(f)
+        keys = [c for c in ("model", "layer", "task", "method", "keep", "variant") if c in df]
+        have = [c for c in cols if c in df]
+        if have:
+            require_finite(df[keys + have], f"stage {stage} measured a non-finite value in {f.relative_to(folder)}",
+                           "a NaN or inf entered the computation (the model's weights or activations, or a float16 "
+                           "overflow: use float32 or bfloat16); the stage is not published")
+
+# %% ../nbs/26_rundir.ipynb #2b87eb12
+def stage_problems(run_dir, # the run folder
+                   rel: str, # the stage's folder, relative to `run_dir`
+                   content: bool = False, # compare contents (sha256) too, not only sizes
+                   only=None, # a predicate on paths inside the stage: check only those
+                  ) -> list:
+    """What is wrong with the published stage `run_dir/rel` (one line each, paths relative to the run); [] when it
+    is intact. A stage published before manifests existed is checked for its `meta.json` only."""
+    d = Path(run_dir) / rel
+    if not d.is_dir(): return [f"{rel}: missing"]
+    if not (d / "meta.json").exists(): return [f"{rel}/meta.json: missing"]
+    try: files = json.loads((d / "meta.json").read_text()).get("files")
+    except ValueError: return [f"{rel}/meta.json: not valid JSON"]
+    return [] if files is None else [f"{rel}/{x}" for x in check_files(d, files, content, only)]
+
+def table_manifest(run_dir) -> dict:
+    "Size and sha256 of the run-wide tables that exist (`sparsity.csv`, `si_modularity.csv`, `ablation.csv`)."
+    return {k: v for k, v in file_manifest(run_dir, skip=()).items() if k in RUN_TABLES}
+
+RUN_TABLES = ("sparsity.csv", "si_modularity.csv", "ablation.csv")
+
+def verify_run(run_dir, # a run folder
+               content: bool = True, # compare contents (sha256), not only sizes
+              ) -> dict:
+    """`{stage or table: [problems]}` of a run: each finished stage against its manifest, a complete run's stages that
+    are gone, and the run-wide tables against the manifest in `run.json`; empty when the run is intact."""
+    run_dir = Path(run_dir); st = run_status(run_dir); out = {}
+    for rel in st.get("stages", []):
+        d = run_dir / rel
+        if d.exists() or st.get("status") == "complete":
+            bad = stage_problems(run_dir, rel, content)
+            if bad: out[rel] = bad
+    bad = check_files(run_dir, st.get("tables") or {}, content)
+    if bad: out["tables"] = bad
+    return out
+
+def damage_message(run_dir, # the run folder
+                   bad: dict, # `verify_run`'s result (non-empty)
+                  ) -> str:
+    "What is damaged in a run, which stage wrote it and the fix, in words."
+    name = Path(run_dir).name
+    lines = [f"run {name} has damaged or missing results:"]
+    for rel, probs in bad.items():
+        who = "the run-wide tables (merged from the stages)" if rel == "tables" else f"written by the stage {rel}"
+        lines += [f"  - {p} ({who})" for p in probs[:5]] + ([f"  - ... and {len(probs) - 5} more"] if len(probs) > 5 else [])
+    lines.append(f"repair it with `sdlms run --resume {name} --repair`: it re-runs exactly the damaged stages (the damaged "
+                 "folders are kept under _damaged/) and merges the run-wide tables again")
+    return "\n".join(lines)
+
+# %% ../nbs/26_rundir.ipynb #eac855ea
+def params_changes(run_dir, # a run folder
+                  ) -> list:
+    """How the run's `params.yaml` differs from the params it was created with (`run.json`'s config hash, and the
+    config recorded in `meta.jsonl`): one `'key: old -> new'` line per changed key; [] when unchanged."""
+    run_dir = Path(run_dir); st = run_status(run_dir)
+    if "config_hash" not in st: return []            # a comparison folder (its params are its first run's)
+    try: now = params_dict(parse_params(yaml.safe_load((run_dir / "params.yaml").read_text())))
+    except FileNotFoundError: return ["params.yaml: missing"]
+    if "config_hash" not in st or hash_json(now) == st["config_hash"]: return []
+    recs = read_jsonl(run_dir / "meta.jsonl") if (run_dir / "meta.jsonl").exists() else []
+    old = next((r["config"] for r in recs if r.get("event") == "run" and "config" in r), None)
+    if old is None: return ["params.yaml: changed since the run was created (no recorded config to compare with)"]
+    def flat(d, pre=""):
+        out = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict) and v: out.update(flat(v, f"{pre}{k}."))
+            else: out[f"{pre}{k}"] = v
+        return out
+    a, b = flat(old), flat(json.loads(json.dumps(now, default=str)))
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)] \
+        or ["params.yaml: changed since the run was created"]
+
+def check_params_unchanged(run_dir):
+    "Refuse (`SdlmsError`) a run whose `params.yaml` was edited after it was created, naming the changed keys."
+    ch = params_changes(run_dir)
+    if ch:
+        name = Path(run_dir).name
+        raise SdlmsError(f"run {name}: params.yaml was edited after the run was created, so its results would mix two "
+                         f"configurations:\n" + "\n".join(f"  - {c}" for c in ch[:10]) +
+                         f"\nrestore the file (its original settings are in meta.jsonl), or start a new run with the edited "
+                         f"params: `sdlms run <params file>`")
+
 # %% ../nbs/26_rundir.ipynb #5751901d
 def job_table(run_dir, # a run folder
              ):
@@ -156,6 +264,7 @@ def job_table(run_dir, # a run folder
     for rel in st.get("stages", []):
         d = run_dir / rel; part = d.with_name(d.name + ".partial"); m = meta.get(rel, {})
         state, where = ("done", d) if d.exists() else (("running" if held else "stopped"), part) if part.exists() else ("pending", None)
+        if state == "done" and stage_problems(run_dir, rel): state = "damaged"   # sizes against its manifest (`verify_run`)
         if state != "done" and slurm.get(sub.get(rel, {}).get("job_id")):    # a submitted run: Slurm knows best
             state = SLURM_STATES.get(slurm[sub[rel]["job_id"]], slurm[sub[rel]["job_id"]].lower())
         nb = next(iter(sorted(where.glob("*.ipynb"))), None) if where else None
@@ -192,6 +301,14 @@ def merge_specialization(run_dir) -> list:
     "The run's `si_modularity.csv` and `ablation.csv` from every site of the specialization stage."
     return [merge_csv(run_dir, f"specialization/*/L*/{n}", n) for n in ("si_modularity.csv", "ablation.csv")]
 
+def refresh_tables(run_dir) -> dict:
+    """Merge the run-wide tables again from the stages' own tables and record their manifest in `run.json` (what
+    `verify_run` checks them against); returns that manifest. A damaged run-wide table is repaired this way."""
+    merge_sparsity(run_dir); merge_specialization(run_dir)
+    st = run_status(run_dir); st["tables"] = table_manifest(run_dir)
+    write_json(Path(run_dir) / "run.json", st)
+    return st["tables"]
+
 # %% ../nbs/26_rundir.ipynb #a71af10c
 @dataclass
 class StageContext:
@@ -210,6 +327,15 @@ class StageContext:
         f = self.run_dir / rel
         if not f.exists():
             raise SdlmsError(f"missing {what} ({f}); run the {stage} stage first: `sdlms run --resume {self.run_dir.name}`")
+        parts = Path(rel).parts       # the published stage folder that holds it: its files are checked against its manifest
+        for i in range(len(parts), 0, -1):
+            top = Path(*parts[:i])
+            if (self.run_dir / top / "meta.json").exists():
+                sub = Path(rel).relative_to(top).as_posix()
+                bad = stage_problems(self.run_dir, str(top), content=True,
+                                     only=lambda p: sub == "." or p == sub or p.startswith(sub + "/"))
+                if bad: raise SdlmsError(damage_message(self.run_dir, {str(top): bad}))
+                break
         return f
 
     def write_meta(self, **kw):
@@ -232,6 +358,7 @@ def stage_context(run_dir: str = "", # the run folder; empty: the scratch run `<
     set_threads(1); setup_plotly(); tlog.disable_progress_bar()
     if run_dir:
         run_dir = Path(run_dir)
+        if (run_dir / "run.json").exists(): check_params_unchanged(run_dir)     # never a stage of a mixed configuration
         p = parse_params(yaml.safe_load((run_dir / "params.yaml").read_text()))
     else:
         p = load_params(params_file or repo_root() / "params" / "smoke.yaml")

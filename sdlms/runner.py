@@ -22,9 +22,10 @@ from .core import SdlmsError, append_jsonl, hash_json, package_versions, read_js
 from .config import RunParams, SuiteParams
 from .params import check_models, load_params, params_dict, parse_params
 from .executors import SubmititPool, check_executor, dependency_ids, gpu_groups, gpu_ids, slurm_batches, worker_init
-from .rundir import RunLock, find_run, merge_sparsity, merge_specialization, new_run_dir, run_status, slug, slurm_states, SLURM_FINAL
+from .rundir import (RunLock, check_params_unchanged, damage_message, find_run, merge_sparsity, merge_specialization, new_run_dir,
+                          run_status, slug, slurm_states, verify_run, SLURM_FINAL)
 from .jobs import (FINALIZE, KERNEL, STAGES, TRAIN, Job, Stage, _finalize_job, ensure_kernel, execute_job, execute_stage,
-                        finalize_run, kernel_env, plan, stages_dir)
+                        build_run_report, finalize_run, kernel_env, plan, stages_dir)
 
 # %% auto #0
 __all__ = ['job_priority', 'run_jobs', 'run', 'compare']
@@ -105,6 +106,7 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
         log=print, # receives one line per event
         wait: bool = False, # Slurm: wait for the submitted jobs, showing progress (else submit and return)
         poll_s: float = 30.0, # Slurm with `wait`: seconds between looks at the jobs
+        repair: bool = False, # with `resume`: re-run exactly the stages whose outputs are damaged or missing (also of a complete run)
        ) -> Path:
     """Create a new run from `params` (a YAML path or a dict) or complete the run `resume`. With the Slurm executor every
     job is submitted at once, each waiting for its inputs' jobs (Slurm dependencies), and a last job merges the tables and
@@ -112,7 +114,9 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
     processes as their inputs become ready (`plan`, `run_jobs`): the real model's capture can run while the micro-suite
     trains, and one model's SAEs while another model captures. `stop_after` runs only the stages up to that key
     (e.g. 'capture'), leaving the run resumable. The run folder is locked meanwhile (`RunLock`); Ctrl-C or SIGTERM stop
-    the workers and their notebook kernels, and so does the death of this process, however it ends."""
+    the workers and their notebook kernels, and so does the death of this process, however it ends. A resume refuses
+    a run whose params.yaml was edited (naming the keys) or whose published results are damaged (naming the files);
+    `repair` re-runs exactly the damaged stages, keeping the damaged folders under `_damaged/`."""
     if (params is None) == (resume is None): raise SdlmsError("give either a params file or --resume <run>")
     keys = [s.key for s in STAGES]
     if stop_after is not None and stop_after not in keys:
@@ -121,11 +125,27 @@ def run(params=None, # a params YAML path, a name from `params/`, or a dict; Non
         run_dir = find_run(resume)
         with RunLock(run_dir):                     # one process per run: a second resume fails here, naming the holder
             st = run_status(run_dir)
-            if st.get("status") == "complete":
-                raise SdlmsError(f"run {run_dir.name} is complete and is never overwritten; start a new run with `sdlms run <params>`")
+            check_params_unchanged(run_dir)        # an edited params.yaml would mix two configurations
+            bad = verify_run(run_dir, content=repair)     # sizes on every resume; contents too with `repair`
+            if not repair:
+                if bad: raise SdlmsError(damage_message(run_dir, bad))
+                if st.get("status") == "complete":
+                    hint = (f"; its report was not built ({st['report']}): `sdlms report {run_dir.name}`"
+                            if st.get("report", "built") != "built" else "")
+                    raise SdlmsError(f"run {run_dir.name} is complete and is never overwritten{hint}; start a new run with "
+                                     f"`sdlms run <params>`")
             p = parse_params(yaml.safe_load((run_dir / "params.yaml").read_text()))
             _refuse_live_slurm_jobs(run_dir)
             facts = check_models(p)
+            if repair:
+                if not bad and st.get("status") == "complete":
+                    log(f"run {run_dir.name} is intact: every stage matches the checksums it was published with")
+                    if report and st.get("report", "built") != "built": build_run_report(run_dir, log)
+                    return run_dir
+                old = _set_aside(run_dir, bad, log)
+                out = _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, wait, poll_s)
+                _compare_repaired(run_dir, old, log)
+                return out
             log(f"resuming {run_dir}")
             return _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, wait, poll_s)
     p = load_params(params) if not isinstance(params, dict) else parse_params(params)   # validate before compute
@@ -220,6 +240,33 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, 
     return finalize_run(run_dir, report, log, seconds=round(time.perf_counter() - t_run, 1))
 
 # %% ../nbs/33_runner.ipynb #09ce1038
+def _set_aside(run_dir, bad: dict, log) -> dict:
+    """Move each damaged stage folder of `bad` (`verify_run`) to `_damaged/<time>/<stage>` (kept, never read), so that the
+    resume re-runs it; returns `{stage: the file manifest it was published with}` (to compare the re-run with)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    old = {}
+    for rel, probs in bad.items():
+        log(f"  damaged {rel}: {'; '.join(probs[:3])}{' ...' if len(probs) > 3 else ''}")
+        d = run_dir / rel
+        if rel == "tables" or not d.exists(): continue
+        try: old[rel] = json.loads((d / "meta.json").read_text()).get("files") or {}
+        except (OSError, ValueError): old[rel] = {}
+        dst = run_dir / "_damaged" / stamp / rel; dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(d, dst)
+    return old
+
+def _compare_repaired(run_dir, old: dict, log):
+    "Say how many data files of each re-run stage are byte-identical to those the damaged stage was published with."
+    for rel, files in old.items():
+        f = run_dir / rel / "meta.json"
+        if not f.exists(): continue
+        new = json.loads(f.read_text()).get("files") or {}
+        data = [k for k in files if k in new and not k.endswith(".ipynb")]
+        same = [k for k in data if files[k]["sha256"] == new[k]["sha256"]]
+        diff = sorted(set(data) - set(same))
+        log(f"  repaired {rel}: {len(same)} of {len(data)} data files byte-identical to the published ones"
+            + (f" (differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''})" if diff else ""))
+
 def _refuse_live_slurm_jobs(run_dir):
     "A submitted run is resumed only once none of its Slurm jobs is queued or running (else they would run twice)."
     recs = read_jsonl(run_dir / "meta.jsonl") if (run_dir / "meta.jsonl").exists() else []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import SdlmsError, cache_dir, hash_json, hash_state_dict, set_seed, set_threads, write_json
+from .core import SdlmsError, build_lock, cache_dir, hash_json, hash_state_dict, set_seed, set_threads, write_json
 from .config import SuiteParams
 from .corpus import GENERATORS, corpus_texts, generate_items, train_tokenizer
 from .models import SIZES, model_name, neox_config
@@ -151,15 +151,18 @@ def prepare_suite(cfg: SuiteParams, # the suite settings
     "Check `sizes` and build (or reuse) the suite's BPE tokenizer and training blocks; returns the suite folder."
     check_sizes(sizes)
     root = suite_dir(cfg, seed); root.mkdir(parents=True, exist_ok=True)
-    if not (root / "tokenizer" / "tokenizer.json").exists():
-        tmp = root / "tokenizer.partial"
-        train_tokenizer(list(corpus_texts(seed, cfg.tokenizer_chars).values()), cfg.vocab_size, tmp)
-        os.replace(tmp, root / "tokenizer")
-    if not (root / "train_blocks.npy").exists():
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
-        b = training_blocks(tok, cfg.train_tokens, cfg.seq_len, seed)
-        np.save(root / "train_blocks.tmp.npy", b); os.replace(root / "train_blocks.tmp.npy", root / "train_blocks.npy")
+    if (root / "tokenizer" / "tokenizer.json").exists() and (root / "train_blocks.npy").exists(): return root
+    with build_lock(root / "tokenizer", what=f"the suite's tokenizer and training blocks in {root}"):   # one builder at a time
+        if not (root / "tokenizer" / "tokenizer.json").exists():
+            tmp = root / "tokenizer.partial"
+            if (root / "tokenizer").exists(): shutil.rmtree(root / "tokenizer")    # incomplete: it has no tokenizer.json
+            train_tokenizer(list(corpus_texts(seed, cfg.tokenizer_chars).values()), cfg.vocab_size, tmp)
+            os.replace(tmp, root / "tokenizer")
+        if not (root / "train_blocks.npy").exists():
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+            b = training_blocks(tok, cfg.train_tokens, cfg.seq_len, seed)
+            np.save(root / "train_blocks.tmp.npy", b); os.replace(root / "train_blocks.tmp.npy", root / "train_blocks.npy")
     return root
 
 # %% ../nbs/06_suite.ipynb #eb410bfd
@@ -184,10 +187,12 @@ def train_size(size: str, # a key of `SIZES`
         if q is not None and (step % 5 == 0 or step == total): q.put((size, step, total, loss))
     if max(1, len(blocks) // cfg.batch_size) != cfg.total_steps():   # the checkpoint steps are named from `total_steps` before training
         raise SdlmsError(f"suite blocks give {len(blocks) // cfg.batch_size} steps, SuiteParams.total_steps() {cfg.total_steps()}: they must agree")
-    info = train_model(size, blocks, root / name, root / f"{name}-init", seed=seed,
-                       batch_size=cfg.batch_size, vocab_size=cfg.vocab_size, rotary_pct=cfg.rotary_pct,
-                       tokenizer_dir=root / "tokenizer", progress=prog, checkpoints=cfg.checkpoint_steps(), ckpt_dir=root / f"{name}-ckpt")
-    write_json(root / name / "sdlms_train.json", info)
+    with build_lock(root / name, what=f"{name} in {root}"):    # a second run building the same size waits, then reuses it
+        if is_trained(cfg, seed, size): return json.loads((root / name / "sdlms_train.json").read_text())
+        info = train_model(size, blocks, root / name, root / f"{name}-init", seed=seed,
+                           batch_size=cfg.batch_size, vocab_size=cfg.vocab_size, rotary_pct=cfg.rotary_pct,
+                           tokenizer_dir=root / "tokenizer", progress=prog, checkpoints=cfg.checkpoint_steps(), ckpt_dir=root / f"{name}-ckpt")
+        write_json(root / name / "sdlms_train.json", info)
     return info
 
 # %% ../nbs/06_suite.ipynb #e05eebfb
