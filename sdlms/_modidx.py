@@ -208,6 +208,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'sdlms.explore.Run._site': ('explore.html#run._site', 'sdlms/explore.py'),
                                'sdlms.explore.Run.cache': ('explore.html#run.cache', 'sdlms/explore.py'),
                                'sdlms.explore.Run.checkpoints': ('explore.html#run.checkpoints', 'sdlms/explore.py'),
+                               'sdlms.explore.Run.damaged': ('explore.html#run.damaged', 'sdlms/explore.py'),
                                'sdlms.explore.Run.figure': ('explore.html#run.figure', 'sdlms/explore.py'),
                                'sdlms.explore.Run.figures': ('explore.html#run.figures', 'sdlms/explore.py'),
                                'sdlms.explore.Run.jobs': ('explore.html#run.jobs', 'sdlms/explore.py'),

@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from .core import SdlmsError
-from .rundir import artifacts_root, find_run, job_table, run_status, slug
+from .rundir import artifacts_root, damage_message, find_run, job_table, run_status, slug, stage_problems
 from .summaries import checkpoint_long, run_tables, with_revisions
 
 # %% auto #0
@@ -67,8 +67,13 @@ class Run:
 
     @property
     def missing(self) -> list:
-        "Jobs of the plan whose results are not (yet) in the run folder."
+        "Jobs of the plan whose results are not (yet) in the run folder, or are damaged (`damaged`)."
         return self.jobs[self.jobs.state != "done"].job.tolist()
+
+    @property
+    def damaged(self) -> list:
+        "Jobs whose published files no longer match their manifest (sizes; `sdlms verify` compares contents too)."
+        return self.jobs[self.jobs.state == "damaged"].job.tolist()
 
     @property
     def models(self) -> list:
@@ -154,10 +159,15 @@ class Run:
         "A trained SAE of a site as a SAELens `SAE` (`name`: e.g. `topk_k8_d1024`; None: the only one, or an error listing them)."
         from sae_lens import SAE
         d = self._site("sae", model, layer)
-        names = sorted(p.parent.name for p in d.glob("*/sae"))
+        run_dir, rel = d.parents[2], d.relative_to(d.parents[2]).as_posix()
+        try: files = json.loads((d / "meta.json").read_text()).get("files") or {}
+        except (OSError, ValueError): files = {}
+        names = sorted({p.parent.name for p in d.glob("*/sae")} | {f.split("/")[0] for f in files if "/sae/" in f})   # also those deleted since
         if name is None and len(names) == 1: name = names[0]
         if name not in names:
             raise SdlmsError(f"{model} layer {layer} has SAEs {', '.join(names) or '(none)'}; pass one of them as `name`")
+        bad = stage_problems(run_dir, rel, content=True, only=lambda p: p.startswith(f"{name}/sae/"))
+        if bad: raise SdlmsError(damage_message(run_dir, {rel: bad}))
         return SAE.load_from_disk(str(d / name / "sae"))
 
 # %% ../nbs/28_explore.ipynb #cf80406b
