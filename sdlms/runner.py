@@ -261,7 +261,7 @@ def _compare_repaired(run_dir, old: dict, log):
         f = run_dir / rel / "meta.json"
         if not f.exists(): continue
         new = json.loads(f.read_text()).get("files") or {}
-        data = [k for k in files if k in new and not k.endswith(".ipynb")]
+        data = [k for k in files if k in new and not k.endswith((".ipynb", ".html"))]   # pages hold random element ids
         same = [k for k in data if files[k]["sha256"] == new[k]["sha256"]]
         diff = sorted(set(data) - set(same))
         log(f"  repaired {rel}: {len(same)} of {len(data)} data files byte-identical to the published ones"
