@@ -62,7 +62,8 @@ def test_nan_weights_are_named_at_load(tiny_models, tmp_path, place):
 
 
 def test_nan_activations_fail_losses_capture_and_decoding(tiny_models):
-    "NaN from finite weights (an overflow, say) stops every measurement that meets it, naming where."
+    """NaN from finite weights (an overflow, say) stops every measurement that meets it, naming where. (A run on a model
+    with NaN weights fails its capture stage and stays incomplete: tests/test_run.py.)"""
     import torch
     from sdlms.models import load_model, mlp_sites
     from sdlms.interventions import block_losses
@@ -85,17 +86,6 @@ def test_nan_activations_fail_losses_capture_and_decoding(tiny_models):
         with pytest.raises(SdlmsError, match=r"layer 1 \(gpt_neox.layers.1.mlp.dense_4h_to_h\): non-finite activations"):
             capture(m, blocks, [0, 1], progress=False)
     finally: h.remove()
-
-
-def test_nan_model_run_fails_and_is_not_complete(tiny_models, tmp_path):
-    "The fault-injection finding: NaN in a down projection used to complete with perfect dynamic-k rows."
-    p = yaml.safe_load(open(SMOKE))
-    p.update(models=[str(nan_model(tiny_models, tmp_path, "gpt_neox.layers.1.mlp.dense_4h_to_h.weight"))], name="nandown",
-             layers=[0, 1])
-    with pytest.raises(SdlmsError, match=r"stage capture/.*failed: SdlmsError: model .*: weight gpt_neox.layers.1.mlp.dense_4h_to_h"):
-        run(p, **quiet)
-    d = [r for r in Path(os.environ["SDLMS_ARTIFACTS"]).glob("*-nandown")][0]
-    assert run_status(d)["status"] == "running" and not list(d.glob("dynamic_k/*/dynamic_k.csv"))
 
 
 def test_a_nan_in_a_measured_column_fails_publication(tmp_path):
