@@ -350,9 +350,10 @@ def build_report(run_dir, # a run folder or run name (`runs.find_run`)
     from sdlms.rundir import find_run
     run_dir = find_run(run_dir)
     if not run_notebooks(run_dir): raise SdlmsError(f"run {run_dir.name} has no executed notebooks yet; run or resume it first")
-    bad = {k: v for k, v in verify_run(run_dir, content=False).items() if k != "tables"}   # a damaged table is never reported
-    if bad: raise SdlmsError(damage_message(run_dir, bad))
-    if verify_run(run_dir, content=False).get("tables"): refresh_tables(run_dir)     # merged again from the stages' tables
+    bad = verify_run(run_dir, content=False)
+    stages = {k: v for k, v in bad.items() if k != "tables"}                      # a damaged table is never reported
+    if stages: raise SdlmsError(damage_message(run_dir, stages))
+    if bad.get("tables"): refresh_tables(run_dir)                                   # merged again from the stages' tables
     try: return _build(run_dir, log, quarto)
     except OSError as e:            # a full disk, no permission: the site stays as it was (it is published whole or not at all)
         shutil.rmtree(run_dir / "_site.partial", ignore_errors=True)
