@@ -223,7 +223,7 @@ def params_changes(run_dir, # a run folder
     if "config_hash" not in st: return []            # a comparison folder (its params are its first run's)
     try: now = params_dict(parse_params(yaml.safe_load((run_dir / "params.yaml").read_text())))
     except FileNotFoundError: return ["params.yaml: missing"]
-    if "config_hash" not in st or hash_json(now) == st["config_hash"]: return []
+    if hash_json(now) == st["config_hash"]: return []
     recs = read_jsonl(run_dir / "meta.jsonl") if (run_dir / "meta.jsonl").exists() else []
     old = next((r["config"] for r in recs if r.get("event") == "run" and "config" in r), None)
     if old is None: return ["params.yaml: changed since the run was created (no recorded config to compare with)"]
