@@ -419,6 +419,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sdlms.rundir.merge_sparsity': ('rundir.html#merge_sparsity', 'sdlms/rundir.py'),
                               'sdlms.rundir.merge_specialization': ('rundir.html#merge_specialization', 'sdlms/rundir.py'),
                               'sdlms.rundir.new_run_dir': ('rundir.html#new_run_dir', 'sdlms/rundir.py'),
+                              'sdlms.rundir.not_cache': ('rundir.html#not_cache', 'sdlms/rundir.py'),
                               'sdlms.rundir.params_changes': ('rundir.html#params_changes', 'sdlms/rundir.py'),
                               'sdlms.rundir.refresh_tables': ('rundir.html#refresh_tables', 'sdlms/rundir.py'),
                               'sdlms.rundir.resolve_model': ('rundir.html#resolve_model', 'sdlms/rundir.py'),

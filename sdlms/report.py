@@ -17,7 +17,7 @@ import yaml
 
 from .core import SdlmsError, repo_root
 from .kxd import KXD_SHOW, KXD_TEXT, kxd_summary
-from .rundir import damage_message, refresh_tables, slug, verify_run
+from .rundir import damage_message, not_cache, refresh_tables, slug, verify_run
 from .explore import Run
 from .findings import caption, overview, round_table, used_sites
 
@@ -350,7 +350,7 @@ def build_report(run_dir, # a run folder or run name (`runs.find_run`)
     from sdlms.rundir import find_run
     run_dir = find_run(run_dir)
     if not run_notebooks(run_dir): raise SdlmsError(f"run {run_dir.name} has no executed notebooks yet; run or resume it first")
-    bad = verify_run(run_dir, content=False)
+    bad = verify_run(run_dir, content=False, only=not_cache)        # the caches are never read here: a run copied without them reports
     stages = {k: v for k, v in bad.items() if k != "tables"}                      # a damaged table is never reported
     if stages: raise SdlmsError(damage_message(run_dir, stages))
     if bad.get("tables"): refresh_tables(run_dir)                                   # merged again from the stages' tables

@@ -20,9 +20,9 @@ from .params import load_params, params_dict, parse_params
 
 # %% auto #0
 __all__ = ['SLURM_STATES', 'SLURM_FINAL', 'MEASURED', 'RUN_TABLES', 'slug', 'artifacts_root', 'new_run_dir', 'run_status',
-           'find_run', 'RunLock', 'slurm_states', 'check_measured', 'stage_problems', 'table_manifest', 'verify_run',
-           'damage_message', 'params_changes', 'check_params_unchanged', 'job_table', 'merge_csv', 'merge_sparsity',
-           'merge_specialization', 'refresh_tables', 'StageContext', 'stage_context', 'resolve_model']
+           'find_run', 'RunLock', 'slurm_states', 'check_measured', 'stage_problems', 'table_manifest', 'not_cache',
+           'verify_run', 'damage_message', 'params_changes', 'check_params_unchanged', 'job_table', 'merge_csv',
+           'merge_sparsity', 'merge_specialization', 'refresh_tables', 'StageContext', 'stage_context', 'resolve_model']
 
 # %% ../nbs/26_rundir.ipynb #f50a4d0a
 def slug(model: str, # a model spec: micro-suite name, packaged name, hub id or local path
@@ -186,8 +186,13 @@ def table_manifest(run_dir) -> dict:
 
 RUN_TABLES = ("sparsity.csv", "si_modularity.csv", "ablation.csv")
 
+def not_cache(path: str) -> bool:
+    "False for the files of an activation cache inside a stage (`cache/...`, `init_cache/...`), which a report never reads."
+    return Path(path).parts[0] not in ("cache", "init_cache")
+
 def verify_run(run_dir, # a run folder
                content: bool = True, # compare contents (sha256), not only sizes
+               only=None, # a predicate on paths inside a stage (e.g. `not_cache`): check only those
               ) -> dict:
     """`{stage or table: [problems]}` of a run: each finished stage against its manifest, a complete run's stages that
     are gone, and the run-wide tables against the manifest in `run.json`; empty when the run is intact."""
@@ -195,7 +200,7 @@ def verify_run(run_dir, # a run folder
     for rel in st.get("stages", []):
         d = run_dir / rel
         if d.exists() or st.get("status") == "complete":
-            bad = stage_problems(run_dir, rel, content)
+            bad = stage_problems(run_dir, rel, content, only)
             if bad: out[rel] = bad
     bad = check_files(run_dir, st.get("tables") or {}, content)
     if bad: out["tables"] = bad
