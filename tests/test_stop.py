@@ -6,15 +6,19 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SDLMS = str(Path(sys.executable).parent / "sdlms")
 
 
 def start_smoke(tmp_path):
-    "`sdlms run smoke` in a subprocess with its own artifacts folder; returns it once a stage kernel is running."
+    """`sdlms run` of the smoke params (without the dynamic-k stage, which the comparison below does not read) in a
+    subprocess with its own artifacts folder; returns it once a stage kernel is running."""
     env = {**os.environ, "SDLMS_ARTIFACTS": str(tmp_path)}
-    proc = subprocess.Popen([SDLMS, "run", str(ROOT / "params" / "smoke.yaml"), "--no-report", "--no-progress"], env=env,
+    p = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text()); p["dynamic_k"] = {"enabled": False}
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(p))
+    proc = subprocess.Popen([SDLMS, "run", str(tmp_path / "smoke.yaml"), "--no-report", "--no-progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     parent, deadline = psutil.Process(proc.pid), time.time() + 300
     while time.time() < deadline:
