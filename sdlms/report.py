@@ -277,6 +277,7 @@ def offline_html(text: str, # an HTML page
     text = re.sub(r'<script[^>]*src="https://cdn\.plot\.ly/plotly-[\w.-]+?\.min\.js"[^>]*>',
                   f'<script charset="utf-8" src="{prefix}plotly.min.js">', text)
     text = re.sub(r'<script[^>]*src="[^"]*/require(\.min)?\.js"[^>]*>\s*</script>', "", text)   # the shim stands in: a file:// page
+    text = re.sub(r'<script[^>]*src="https://[^"]*/mathjax/[^"]*"[^>]*>\s*</script>', "", text)  # offline: formulas stay as TeX
     shim = f'<script charset="utf-8" src="{prefix}plotly.min.js"></script>' + _SHIM
     return re.sub(r"(</head>)", lambda m: shim + m.group(1), text, count=1)
 

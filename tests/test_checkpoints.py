@@ -19,7 +19,7 @@ def test_checkpoints_are_models_of_the_run(smoke_run):
     first, mid, last = steps[0], steps[len(steps) // 2], steps[-1]
     assert first == 0 and 0 < mid < last
     p.update(models=["micro-tiny", *(f"micro-tiny@step{s}" for s in (first, mid, last))], dynamic_k={"enabled": False}, workers=2,
-             layers=[1])                                  # the site that matters (layer 0 sees only the token embedding)
+             layers=[1])                                  # one site: half the jobs
     d = run(p, progress=False, log=lambda *a: None)
     st = run_status(d)
     assert st["status"] == "complete" and f"capture/micro-tiny__step{mid}" in st["stages"]

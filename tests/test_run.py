@@ -208,7 +208,7 @@ def test_stage_notebook_runs_alone_on_its_defaults(tmp_path):
 
 def test_compare_runs_plots_them_together(smoke_run, tmp_path):
     from sdlms.runner import compare
-    p = yaml.safe_load(open(SMOKE)); p.update(name="layer1", layers=[1], dynamic_k={"enabled": False})   # another run: one site
+    p = yaml.safe_load(open(SMOKE)); p.update(name="layer0", layers=[0], dynamic_k={"enabled": False})   # another run: one (used) site
     other = run(p, report=False, **quiet)
     out = compare([str(smoke_run), other.name], log=lambda *a: None)
     df = pd.read_csv(out / "scaling" / "scaling.csv")
