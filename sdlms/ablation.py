@@ -15,8 +15,8 @@ from .capture import cache_blocks
 from .interventions import ResidualStore, block_losses, variant_losses
 
 # %% auto #0
-__all__ = ['IMPORTANCE_KEYS', 'importance_blocks', 'mlp_importance', 'importance_record', 'community_sets', 'top_si_sets',
-           'ablation_fn', 'ablation_matrix', 'site_ablations']
+__all__ = ['IMPORTANCE_KEYS', 'importance_blocks', 'cost_interval', 'mlp_importance', 'importance_record', 'community_sets',
+           'top_si_sets', 'ablation_fn', 'ablation_matrix', 'site_ablations']
 
 # %% ../nbs/15_ablation.ipynb #7b2473ee
 def importance_blocks(
@@ -31,6 +31,23 @@ def importance_blocks(
     return np.sort(np.concatenate([rng.choice(np.flatnonzero(task_B == t), min(blocks_per_task, int((task_B == t).sum())),
                                               replace=False) for t in np.unique(task_B)]))
 
+# %% ../nbs/15_ablation.ipynb #4cc2324d
+def cost_interval(diff_B, # per-block loss increase (ablated - clean), one value per probe block
+                  task_B, # task index of each block
+                  n_boot: int = 200, # bootstrap resamples
+                  seed: int = 0, # seed of the resampling
+                  level: float = 0.95, # coverage
+                 ) -> tuple:
+    """`(lo, hi)`: the percentile bootstrap interval of a site-importance cost (the mean over tasks of each task's mean
+    per-block increase), resampling blocks with replacement within each task; `(nan, nan)` with `n_boot` 0."""
+    if n_boot <= 0: return float("nan"), float("nan")
+    d, t = np.asarray(diff_B, np.float64), np.asarray(task_B)
+    rng = np.random.default_rng(seed)
+    per_task = [d[t == k][rng.integers(0, (t == k).sum(), ((t == k).sum(), n_boot))].mean(0) for k in np.unique(t)]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(np.mean(per_task, axis=0), [a, 1 - a])
+    return float(lo), float(hi)
+
 # %% ../nbs/15_ablation.ipynb #ca163b8f
 def mlp_importance(
     model, # a causal LM whose MLP sites `sdlms.models.mlp_sites` finds
@@ -43,6 +60,7 @@ def mlp_importance(
     desc: str = "site importance", # its label
     restart: bool = True, # start ablated passes at the site's layer from stored hidden states
     store=None, # a `ResidualStore` holding `layers` to reuse (None: a new one)
+    n_boot: int = 200, # bootstrap resamples of the blocks (within each task) for the costs' 95% intervals
 ) -> dict:
     """Does the model use each MLP site? The probe-loss increase (nats; tasks weighted equally) when the site's units
     are zeroed (`mlp_zero_cost`) or set to their mean over the same tokens (`mlp_mean_cost`), one site at a time.
@@ -64,13 +82,15 @@ def mlp_importance(
     avg = lambda tot, cnt: float(np.mean(tot[cnt > 0] / cnt[cnt > 0]))
     if restart and (store is None or not set(layers) <= set(store.states)): store = ResidualStore(model, layers)
     with site_mean_recorder({l: sites[l].module for l in layers}) as means, (store.recording() if restart else nullcontext()):
-        tot, cnt = block_losses(model, ids, task_B, K, batch_size)
+        pb = {}; tot, cnt = block_losses(model, ids, task_B, K, batch_size, per_block=pb)
     clean = avg(tot, cnt)
     out = {}
     for l in tqdm(layers, desc=desc, disable=not progress, unit="site"):
         r = variant_losses(model, sites[l].module, ids, task_B, K, {"zero": zero_fn, "mean": constant_fn(means[l])},
-                           batch_size, restart=restart, store=store)
-        out[l] = {"mlp_zero_cost": avg(*r["zero"]) - clean, "mlp_mean_cost": avg(*r["mean"]) - clean, "loss_clean": clean,
+                           batch_size, restart=restart, store=store, per_block=pb)
+        ci = {f"mlp_{v}_cost_{e}": x for v in ("zero", "mean")
+              for e, x in zip(("lo", "hi"), cost_interval(pb[v] - pb["clean"], task_B, n_boot, seed + l))}
+        out[l] = {"mlp_zero_cost": avg(*r["zero"]) - clean, "mlp_mean_cost": avg(*r["mean"]) - clean, "loss_clean": clean, **ci,
                   "importance_tokens": int(ids.size),
                   "task_losses": {"clean": per_task(tot, cnt), "zero": per_task(*r["zero"]), "mean": per_task(*r["mean"])},
                   "task_blocks": {t: int(cnt[k]) for k, t in enumerate(blocks.tasks)}, "blocks": sel.tolist()}

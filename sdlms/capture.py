@@ -350,10 +350,11 @@ def sparsity_rows(model_spec: str, # the model as named in the params
         which = f"all {res[l]['tokens']} tokens" if res[l]["pr_tokens"] == res[l]["tokens"] else \
             f"a seeded subsample of {res[l]['pr_tokens']} of {res[l]['tokens']} tokens"
         r["pr_method"] = f"exact covariance (float64 sums) on {which}, {where}; top-k mass on the same tokens"
-        r.update({k: imp[l][k] for k in ("mlp_zero_cost", "mlp_mean_cost", "importance_tokens")})
+        cis = [k for k in ("mlp_zero_cost_lo", "mlp_zero_cost_hi", "mlp_mean_cost_lo", "mlp_mean_cost_hi") if k in imp[l]]
+        r.update({k: imp[l][k] for k in ("mlp_zero_cost", "mlp_mean_cost", "importance_tokens", *cis)})
         if res_init:
             r.update({f"init_{k}": res_init[l][k] for k in scalar if k != "tokens"})
-            r.update({f"init_{k}": imp_init[l][k] for k in ("mlp_zero_cost", "mlp_mean_cost")})
+            r.update({f"init_{k}": imp_init[l][k] for k in ("mlp_zero_cost", "mlp_mean_cost", *cis) if k in imp_init[l]})
         rows.append(r)
     return rows
 

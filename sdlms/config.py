@@ -65,6 +65,8 @@ class CaptureConfig:
     init_twin: bool = F(True, (bool,), "also measure the random-init twin of every model (the baseline)")
     importance_blocks_per_task: int = F(0, (int,), "probe blocks per task on which site importance (probe-loss increase when a "
                                         "site's MLP units are zeroed / mean-ablated) is measured; 0: all probe blocks")
+    importance_boot: int = F(200, (int,), "bootstrap resamples of those blocks (within each task) for the 95% interval of "
+                             "each site-importance cost; a site is used when its interval lies above its random-init twin's")
 
 # %% ../nbs/02_config.ipynb #5bd69908
 @dataclass

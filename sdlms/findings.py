@@ -14,8 +14,8 @@ from .summaries import size_rows
 
 # %% auto #0
 __all__ = ['DK_ROLE', 'DK_LEGEND', 'QUESTIONS', 'CAPTIONS', 'human', 'span', 'pct', 'trend', 'round_table', 'used_sites',
-           'importance_findings', 'sparsity_findings', 'specialization_findings', 'modularity_findings', 'sae_findings',
-           'ablation_findings', 'dynamic_k_findings', 'checkpoint_findings', 'caption', 'overview']
+           'site_used', 'importance_findings', 'sparsity_findings', 'specialization_findings', 'modularity_findings',
+           'sae_findings', 'ablation_findings', 'dynamic_k_findings', 'checkpoint_findings', 'caption', 'overview']
 
 # %% ../nbs/29_findings.ipynb #46455e06
 def human(n) -> str:
@@ -73,9 +73,18 @@ def used_sites(run) -> tuple:
     `sae.min_ablation_cost` nats of probe loss. A site the model does not use is left out of every finding."""
     sp = size_rows(run.sparsity)      # one row set per model size: a model's checkpoints go to `checkpoint_findings`
     if sp.empty or "mlp_zero_cost" not in sp: return sp, sp.iloc[0:0]
-    cut = ((run.params.get("sae") or {}).get("min_ablation_cost", SAEParams().min_ablation_cost))
-    ok = sp.mlp_zero_cost.fillna(np.inf) >= cut
+    ok = site_used(sp, (run.params.get("sae") or {}).get("min_ablation_cost", SAEParams().min_ablation_cost))
     return sp[ok], sp[~ok]
+
+def site_used(sp: pd.DataFrame, # sparsity rows
+              cut: float, # the fixed cut (nats) for rows measured without an interval (runs before intervals existed)
+             ) -> pd.Series:
+    """Whether the model uses each site: the 95% bootstrap interval of its zeroing cost lies above 0 and above the
+    random-init twin's interval (both on the same probe blocks); rows without an interval fall back to the cost >= `cut`."""
+    fixed = sp.mlp_zero_cost.fillna(np.inf) >= cut
+    if "mlp_zero_cost_lo" not in sp: return fixed
+    twin = sp["init_mlp_zero_cost_hi"].clip(lower=0).fillna(0) if "init_mlp_zero_cost_hi" in sp else 0.0
+    return (sp.mlp_zero_cost_lo > twin).where(sp.mlp_zero_cost_lo.notna(), fixed)
 
 def _only_used(run, df: pd.DataFrame) -> pd.DataFrame:
     """Rows of `df` (with run, model, layer) at sites the model uses (`used_sites`); all rows when the run has no
@@ -97,9 +106,14 @@ def importance_findings(run) -> list:
     out = [f"Zeroing a used site's MLP raises the probe loss by {span(used.mlp_zero_cost, '{:.3g}')} nats "
            f"(random-init twin: {span(sp.init_mlp_zero_cost, '{:.2g}') if 'init_mlp_zero_cost' in sp else 'n/a'}); "
            f"{len(used)} of {len(sp)} sites are used."]
+    if "mlp_zero_cost_lo" in used and used.mlp_zero_cost_lo.notna().any():
+        out.append("A site counts as used when the 95% bootstrap interval of its zeroing cost (over the probe blocks, "
+                   "within each task) lies above its random-init twin's.")
     if len(unused):
+        ci = lambda r: (f", 95% CI {r.mlp_zero_cost_lo:.3f} to {r.mlp_zero_cost_hi:.3f}" if not pd.isna(getattr(r, "mlp_zero_cost_lo", np.nan))
+                        else "")
         out.append("Not used, and left out of every finding below: " + ", ".join(
-            f"{r.model} L{r.layer} ({r.mlp_zero_cost:.3f} nats)" for r in unused.itertuples()) + ".")
+            f"{r.model} L{r.layer} ({r.mlp_zero_cost:.3f} nats{ci(r)})" for r in unused.itertuples()) + ".")
     return out
 
 def sparsity_findings(run) -> list:

@@ -204,6 +204,7 @@ def variant_losses(model, # the causal LM
                    store: ResidualStore | None = None, # states to reuse (e.g. from another stage); None: a new store
                    progress: bool = False, # show a progress bar
                    desc: str = "variants", # progress bar label
+                   per_block: dict | None = None, # filled with `{name: (blocks,) mean loss of each block}` when given
                   ) -> dict:
     """Per-task summed per-block mean next-token loss and block counts, `{name: (tot_K, cnt_K)}`, with the input of
     `site_module` replaced by each `fns[name]` (`None` = clean; `site_module` None: clean passes only, as `block_losses`),
@@ -243,7 +244,9 @@ def variant_losses(model, # the causal LM
             s = 0
             for j, n in runs:
                 tot, cnt = out[names[j]]
-                np.add.at(tot, task_B[bl[s:s + n]], l[s:s + n]); np.add.at(cnt, task_B[bl[s:s + n]], 1); s += n
+                np.add.at(tot, task_B[bl[s:s + n]], l[s:s + n]); np.add.at(cnt, task_B[bl[s:s + n]], 1)
+                if per_block is not None: per_block.setdefault(names[j], np.full(len(ids), np.nan))[bl[s:s + n]] = l[s:s + n]
+                s += n
     for n, (tot, _) in out.items():              # a NaN loss must stop the stage, never be summed away later
         require_finite(tot, f"the model's own probe loss per task ({desc})" if fns[n] is None else
                        f"the probe loss per task with the site's input replaced by {n!r} ({desc})",
@@ -257,9 +260,11 @@ def block_losses(model, # the causal LM
                  task_B, # task index of each block
                  n_tasks: int, # number of tasks K
                  batch_size: int = 16, # blocks per forward pass
+                 per_block: dict | None = None, # filled with `{"clean": (blocks,) mean loss of each block}` when given
                 ) -> tuple:
     "Summed per-block mean next-token loss and block counts per task: `(tot_K, cnt_K)` (what every loss table is built from)."
-    return variant_losses(model, None, ids_BT, task_B, n_tasks, {"clean": None}, batch_size, restart=False)["clean"]
+    return variant_losses(model, None, ids_BT, task_B, n_tasks, {"clean": None}, batch_size, restart=False,
+                          per_block=per_block)["clean"]
 
 # %% ../nbs/10_interventions.ipynb #1689f05e
 def per_task_loss(model, # the causal LM

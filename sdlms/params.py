@@ -115,6 +115,7 @@ def validate(p: RunParams, # the params built by `build_section`
     if c.pr_max_tokens < 2: errors.append(f"capture.pr_max_tokens: must be >= 2, got {c.pr_max_tokens}")
     if c.shard_tokens < 1: errors.append(f"capture.shard_tokens: must be >= 1, got {c.shard_tokens}")
     if c.importance_blocks_per_task < 0: errors.append(f"capture.importance_blocks_per_task: must be >= 0 (0: all), got {c.importance_blocks_per_task}")
+    if c.importance_boot < 0: errors.append(f"capture.importance_boot: must be >= 0 (0: no interval), got {c.importance_boot}")
     if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in c.rms_fracs):
         errors.append(f"capture.rms_fracs: a list of positive fractions of the layer's RMS, got {c.rms_fracs}")
     if not c.topk_fracs or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in c.topk_fracs):

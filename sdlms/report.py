@@ -73,7 +73,7 @@ def _md_table(df: pd.DataFrame) -> str:
 def _cols(df: pd.DataFrame, cols: list) -> pd.DataFrame:
     return df[[c for c in cols if c in df]] if len(df) else df
 
-SITE_COLS = ["model", "params", "layer", "relative_depth", "mlp_zero_cost", "init_mlp_zero_cost", "frac_active", "init_frac_active",
+SITE_COLS = ["model", "params", "layer", "relative_depth", "mlp_zero_cost", "mlp_zero_cost_lo", "mlp_zero_cost_hi", "init_mlp_zero_cost", "frac_active", "init_frac_active",
              "top10_mass", "init_top10_mass", "below10_rms", "pr_over_d", "init_pr_over_d", "pr_tokens"]
 SPEC_COLS = ["model", "layer", "unit_kind", "n_live", "si_mean_debiased", "si_mean_lo", "si_mean_hi", "si_null_mean", "si_excess",
              "si_excess_lo", "si_excess_hi", "spec_rate", "Q", "Q_null_a_mean", "z_a", "Q_null_b_mean", "z_b", "q_verdict", "n_communities"]
