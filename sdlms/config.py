@@ -213,6 +213,8 @@ class RunParams:
     device_map: object = F(None, (str, type(None)), "transformers' device_map for a model too big for one device: over the job's GPUs, "
                            "then CPU (capture, specialization; twins follow); null: all on `device`", [None, "auto", "balanced", "balanced_low_0", "sequential"])
     workers: int = F(2, (int,), "parallel worker processes (suite training, per-model stages)")
+    mem_gb: float = F(0, (int, float), "memory the jobs running at once on this machine may use (GB; local executors): a job "
+                      "whose model would not fit beside the running ones waits; 0: 80% of this machine's memory")
     sae: dict | None = F(None, (dict, type(None)), "SAE stage (per model and layer, on the activation cache): SAEParams fields "
                     "(listed under sae.* by `sdlms params`); k and expansion (or d_sae) may be lists for a K x d grid; null: no SAE stage")
     suite: SuiteParams = field(default_factory=SuiteParams, metadata={"help": "offline micro-suite settings"})

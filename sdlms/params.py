@@ -37,7 +37,15 @@ def model_facts(model: str, # micro-suite name, packaged model, local folder or 
     else: return None
     from sdlms.models import is_gated
     return {"model_type": cfg.model_type, "n_layers": n_layers_of(cfg), "d_mlp": d_mlp_of(cfg), "gated": is_gated(cfg),
-            "max_positions": getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)}
+            "max_positions": getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None),
+            "n_params": _n_params(cfg)}
+
+def _n_params(cfg) -> int:
+    "The parameter count of a config's causal LM, from a model built on the meta device (no memory, no weights)."
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"): m = AutoModelForCausalLM.from_config(cfg)
+    return sum(p.numel() for p in m.parameters())
 
 # %% ../nbs/05_params.ipynb #5002ce50
 def _check_model(m: str, # the model spec
@@ -102,6 +110,7 @@ def validate(p: RunParams, # the params built by `build_section`
     errors = [] if errors is None else errors
     for k in ("tokens_per_task", "block_size", "batch_size", "workers"):
         if getattr(p, k) < 1: errors.append(f"{k}: must be >= 1, got {getattr(p, k)}")
+    if p.mem_gb < 0: errors.append(f"mem_gb: must be >= 0 (0: 80% of this machine's memory), got {p.mem_gb}")
     dev_ok = lambda d: isinstance(d, str) and re.fullmatch(r"cpu|auto|cuda(:\d+)?", d)
     if not dev_ok(p.device): errors.append(f"device: {p.device!r}; use cpu, cuda, cuda:<n> or auto")
     for k, d in (p.devices or {}).items():

@@ -239,8 +239,10 @@ def params_changes(run_dir, # a run folder
             else: out[f"{pre}{k}"] = v
         return out
     a, b = flat(old), flat(json.loads(json.dumps(now, default=str)))
-    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)] \
-        or ["params.yaml: changed since the run was created"]
+    # every parameter sdlms had when the run was created is in `a` (with its default): a key only in `b` is one added to
+    # sdlms since, at its default (a section or override the user added shows as its parent's change)
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k in a]
 
 def check_params_unchanged(run_dir):
     "Refuse (`SdlmsError`) a run whose `params.yaml` was edited after it was created, naming the changed keys."

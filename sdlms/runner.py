@@ -28,7 +28,7 @@ from .jobs import (FINALIZE, KERNEL, STAGES, TRAIN, Job, Stage, _finalize_job, e
                         build_run_report, finalize_run, kernel_env, plan, stages_dir)
 
 # %% auto #0
-__all__ = ['job_priority', 'run_jobs', 'run', 'compare']
+__all__ = ['MODEL_STAGES', 'job_priority', 'job_memory_gb', 'memory_budget_gb', 'run_jobs', 'run', 'compare']
 
 # %% ../nbs/33_runner.ipynb #b138ca7e
 def job_priority(jobs: list, # the ready jobs
@@ -43,6 +43,21 @@ def job_priority(jobs: list, # the ready jobs
         return (j.stage.key != "train", -(f.get("d_mlp", 0) ** 2) * f.get("n_layers", 0), -j.extra.get("layer", 0), order[j.stage.key])
     return sorted(jobs, key=key)
 
+MODEL_STAGES = ("capture", "sae", "specialization", "dynamic_k")   # the stages that load a model (and its twin after it)
+
+def job_memory_gb(job, # a `Job`
+                  facts: dict, # per model its `n_params` (`check_models`)
+                 ) -> float:
+    """The memory a job is expected to peak at (GB): a stage that loads a model holds one float32 copy at a time (its
+    twin after it) plus about half as much again for activations and logits; every job's process adds 1.5 GB."""
+    n = (facts.get(job.model) or {}).get("n_params", 0) if job.stage.key in MODEL_STAGES else 0
+    return 1.5 + 4 * n * 1.5 / 1e9
+
+def memory_budget_gb(p) -> float:
+    "What the jobs running at once may use (GB): `p.mem_gb`, else 80% of this machine's memory."
+    import psutil
+    return float(p.mem_gb) if p.mem_gb else 0.8 * psutil.virtual_memory().total / 1e9
+
 # %% ../nbs/33_runner.ipynb #71497302
 def run_jobs(jobs: list, # the plan: `Job`s with their `deps`
              submit, # `submit(job)` -> a future of the job's result
@@ -51,6 +66,9 @@ def run_jobs(jobs: list, # the plan: `Job`s with their `deps`
              on_done, # `on_done(job, result)`, called after each success
              priority=lambda js: js, # ready jobs -> the order they start in
              poll=None, # called about every 0.5 s while jobs run
+             mem=lambda j: 0.0, # a job's expected peak memory (GB; `job_memory_gb`)
+             budget: float = float("inf"), # what the jobs running at once may use (GB): a job that does not fit waits
+             log=lambda *a: None, # told once per job that waits for memory
             ) -> None:
     """Run the dependency graph `jobs` on `workers` slots: a job starts as soon as every job in its `deps` is done
     (`is_done(job)` for jobs finished before), the ready ones in `priority` order. `submit(job)` returns a future,
@@ -61,11 +79,20 @@ def run_jobs(jobs: list, # the plan: `Job`s with their `deps`
     if missing: raise SdlmsError(f"jobs wait for jobs that are not in the plan: {', '.join(missing)}")
     finished = {j.rel for j in jobs if is_done(j)}
     pending = [j for j in jobs if j.rel not in finished]
-    running, errors = {}, []
+    big = [f"{j.rel} (about {mem(j):.1f} GB)" for j in pending if mem(j) > budget]
+    if big: raise SdlmsError(f"jobs that need more memory than this run may use ({budget:.1f} GB): {', '.join(big[:4])}; run "
+                             "them on a larger machine, raise `mem_gb` if the machine has the memory, or use float16/bfloat16 weights")
+    running, errors, held = {}, [], set()
     while pending or running:
         if not errors:
-            for j in priority([j for j in pending if all(x in finished for x in j.deps)])[:max(0, workers - len(running))]:
-                pending.remove(j); running[submit(j)] = j
+            used = sum(mem(j) for j in running.values())
+            for j in priority([j for j in pending if all(x in finished for x in j.deps)]):
+                if len(running) >= workers: break
+                if running and used + mem(j) > budget:           # it would not fit beside the running jobs: it waits
+                    if j.rel not in held:
+                        held.add(j.rel); log(f"  {j.rel} (about {mem(j):.1f} GB) waits for memory: {used:.1f} of {budget:.1f} GB in use")
+                    continue
+                pending.remove(j); running[submit(j)] = j; used += mem(j)
         if not running: break
         done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
         if poll: poll()
@@ -213,7 +240,8 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, 
             with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=worker_init, initargs=("ignore", gq)) as ex:
                 try:
                     run_jobs(jobs, lambda j: ex.submit(execute_job, j, str(run_dir), suite_cfg, p.seed, q if j.model else None, False, True),
-                             workers, is_done, on_done, priority=lambda js: job_priority(js, facts), poll=lambda: drain_progress(q, tbars))
+                             workers, is_done, on_done, priority=lambda js: job_priority(js, facts), poll=lambda: drain_progress(q, tbars),
+                             mem=lambda j: job_memory_gb(j, facts), budget=memory_budget_gb(p), log=log)
                 except BaseException:
                     _stop_workers(ex); raise
         else:        # one submitit job per job (local or Slurm); the same scheduler starts each when its inputs are done
@@ -224,7 +252,9 @@ def _execute_run(run_dir, p, facts, workers, stop_after, report, progress, log, 
                 append_jsonl(run_dir / "meta.jsonl", {"event": "submitted", "stage": j.rel, "executor": p.executor.kind,
                                                       "job_id": str(sj.job_id), "stdout": str(sj.paths.stdout)})
                 return fut
-            try: run_jobs(jobs, submit, n, is_done, on_done, priority=lambda js: job_priority(js, facts))
+            local_mem = dict(mem=lambda j: job_memory_gb(j, facts), budget=memory_budget_gb(p), log=log) \
+                if p.executor.kind == "submitit_local" else {}                  # Slurm jobs get their own nodes' memory
+            try: run_jobs(jobs, submit, n, is_done, on_done, priority=lambda js: job_priority(js, facts), **local_mem)
             except BaseException:
                 pool.cancel(); raise
     except KeyboardInterrupt:
