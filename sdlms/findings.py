@@ -13,9 +13,10 @@ from .config import SAEParams
 from .summaries import size_rows
 
 # %% auto #0
-__all__ = ['DK_ROLE', 'DK_LEGEND', 'QUESTIONS', 'CAPTIONS', 'human', 'span', 'pct', 'trend', 'round_table', 'used_sites',
-           'site_used', 'importance_findings', 'sparsity_findings', 'specialization_findings', 'modularity_findings',
-           'sae_findings', 'ablation_findings', 'dynamic_k_findings', 'checkpoint_findings', 'caption', 'overview']
+__all__ = ['DK_ROLE', 'DK_LEGEND', 'QUESTIONS', 'CAPTIONS', 'human', 'span', 'pct', 'trend', 'few', 'sized', 'round_table',
+           'used_sites', 'site_used', 'importance_findings', 'sparsity_findings', 'specialization_findings',
+           'modularity_findings', 'sae_findings', 'ablation_findings', 'dynamic_k_findings', 'checkpoint_findings',
+           'caption', 'overview']
 
 # %% ../nbs/29_findings.ipynb #46455e06
 def human(n) -> str:
@@ -44,10 +45,16 @@ def trend(values) -> str:
     if len(d) and (d < 0).all(): return "falls"
     return "shows no monotone trend"
 
-assert human(231168) == "231k" and human(2104320) == "2.1M" and human(134515008) == "135M" and human(6.9e9) == "6.9B"
-assert span([0.129, 0.165]) == "0.13–0.17" and span([0.5, 0.501]) == "0.50" and span([np.nan]) == "n/a"
-assert pct([0.13, 0.165]) == "13–16%" or pct([0.13, 0.165]) == "13–17%"
-assert trend([1, 2, 3]) == "rises" and trend([3, 2, 2]) == "shows no monotone trend" and trend([3, 1]) == "falls"
+def few(n: int) -> str:
+    "What a trend read from `n` sizes is worth, in words: empty from 4 sizes on."
+    return f"; {n} sizes cannot establish a trend" if n <= 3 else ""
+
+def sized(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with `family` (`summaries.model_family`) and `size` (non-embedding parameters where recorded, else all):
+    size trends are read within a family, never across families."""
+    from sdlms.summaries import model_family
+    size = df["params_non_embedding"].fillna(df["params"]) if "params_non_embedding" in df else df.get("params", np.nan)
+    return df.assign(family=[model_family(m) for m in df.model], size=size)
 
 # %% ../nbs/29_findings.ipynb #a71d64b1
 def round_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -58,9 +65,6 @@ def round_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         if pd.api.types.is_float_dtype(out[c]):
             out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}")
     return out
-
-_t = round_table(pd.DataFrame({"params": [2104320], "si": [0.16449], "n": [3], "p": [1.2e-5], "m": ["gelu"]}))
-assert _t.iloc[0].tolist() == ["2.1M", "0.164", 3, "1.2e-05", "gelu"]
 
 # %% ../nbs/29_findings.ipynb #f82f9ee6
 def _name(r, runs: int = 1) -> str:
@@ -133,12 +137,13 @@ def sparsity_findings(run) -> list:
                        f"the top 10% of units carry {pct(g.top10_mass)} of each token's L1 mass"
                        + (f" (init {pct(g.init_top10_mass)})" if init else "") + f"; {pr}.")
     fam = sp[sp.get("frac_active_meaningful", True) != False] if "frac_active_meaningful" in sp else sp  # noqa: E712
-    for r_name, fr in fam.groupby("run"):
-        by = fr.groupby("model").agg(params=("params", "first"), fa=("frac_active", "mean"), pr=("pr_over_d", "mean")).sort_values("params")
-        if len(by) < 3: continue
-        sizes = " → ".join(human(p) for p in by.params)
-        out.append((f"{r_name}: " if fam.run.nunique() > 1 else "") + f"With size ({sizes}), the mean over used sites of the activation fraction {trend(by.fa)} ({', '.join(f'{v:.3f}' for v in by.fa)}) "
-                   f"and PR/d {trend(by.pr)} ({', '.join(f'{v:.3f}' for v in by.pr)}).")
+    for (r_name, family), fr in sized(fam).groupby(["run", "family"]):
+        by = fr.groupby("model").agg(size=("size", "first"), fa=("frac_active", "mean"), pr=("pr_over_d", "mean")).sort_values("size")
+        if len(by) < 2: continue
+        sizes = " → ".join(human(p) for p in by["size"])
+        out.append((f"{r_name}: " if fam.run.nunique() > 1 else "") + f"Within the {family} family, with size ({sizes} non-embedding "
+                   f"parameters), the mean over used sites of the activation fraction {trend(by.fa)} ({', '.join(f'{v:.3f}' for v in by.fa)}) "
+                   f"and PR/d {trend(by.pr)} ({', '.join(f'{v:.3f}' for v in by.pr)}){few(len(by))}.")
     deep = [(g.sort_values("layer").iloc[0], g.sort_values("layer").iloc[-1]) for _, g in fam.groupby(["run", "model"]) if len(g) >= 2]
     if deep:
         n = sum(b.frac_active < a.frac_active for a, b in deep)
@@ -176,12 +181,13 @@ def specialization_findings(run) -> list:
             out.append(f"The trained excess is above the init twin's (point values) at {int((m.si_excess > m.si_excess_i).sum())} of {len(m)} sites.")
     if "spec_rate" in n and n.spec_rate.notna().any():
         out.append(f"{pct(n.spec_rate)} of live neurons pass the per-unit permutation test (p < 1/(n_null + 1)) and the SI cut.")
-    for (r, depth), g in n.assign(d=n.relative_depth.round(2)).groupby(["run", "d"]):
-        g = g.sort_values("params")
-        if g.model.nunique() >= 3 and g.params.nunique() == len(g):
+    for (r, family, depth), g in sized(n).assign(d=n.relative_depth.round(2)).groupby(["run", "family", "d"]):
+        g = g.sort_values("size")
+        if g.model.nunique() >= 2 and g["size"].nunique() == len(g):
             out.append(f"At relative depth {depth:g}" + (f" ({r})" if n.run.nunique() > 1 else "")
-                       + f", SI excess by size ({' → '.join(human(p) for p in g.params)}) {trend(g.si_excess)}: "
-                       f"{', '.join(f'{v:.3f}' for v in g.si_excess)} (one model per size: seed-to-seed spread is not in the intervals).")
+                       + f", within the {family} family, SI excess by size ({' → '.join(human(p) for p in g['size'])}) {trend(g.si_excess)}: "
+                       f"{', '.join(f'{v:.3f}' for v in g.si_excess)} (one model per size: seed-to-seed spread is not in the "
+                       f"intervals){few(len(g))}.")
     return out
 
 def modularity_findings(run) -> list:

@@ -15,9 +15,9 @@ from .rundir import slug
 from .config import split_revision, step_of
 
 # %% auto #0
-__all__ = ['CKPT_METRICS', 'SCALING_INIT', 'SAE_SI_COLS', 'run_tables', 'with_revisions', 'size_rows', 'checkpoint_long',
-           'scaling_sources', 'sparsity_table', 'scaling_long', 'si_table', 'ablation_summary', 'dynamic_k_table',
-           'sae_table', 'sae_spec_rate', 'add_spec_rates']
+__all__ = ['FAMILIES', 'CKPT_METRICS', 'SCALING_INIT', 'SAE_SI_COLS', 'run_tables', 'with_revisions', 'model_family', 'with_size',
+           'size_rows', 'checkpoint_long', 'scaling_sources', 'sparsity_table', 'scaling_long', 'si_table',
+           'ablation_summary', 'dynamic_k_table', 'sae_table', 'sae_spec_rate', 'add_spec_rates']
 
 # %% ../nbs/27_summaries.ipynb #2ee34050
 def run_tables(sources: list, pattern: str) -> pd.DataFrame:
@@ -37,7 +37,27 @@ def with_revisions(df: pd.DataFrame, # a table with a `model` column of model sp
     if df.empty or "model" not in df: return df
     parts = [split_revision(m) for m in df.model]
     return df.assign(base_model=[b for b, _ in parts], revision=[r for _, r in parts],
-                     step=pd.array([step_of(r) for _, r in parts], dtype="Int64").astype(float))
+                     step=pd.array([step_of(r) for _, r in parts], dtype="Int64").astype(float),
+                     family=[model_family(b) for b, _ in parts])
+
+# model name prefix -> family: sizes are compared within a family (same data and recipe); any other model is its own
+FAMILIES = {"micro-": "micro-suite", "qwen2.5-coder-": "Qwen2.5-Coder", "Qwen/Qwen2.5-Coder-": "Qwen2.5-Coder",
+            "EleutherAI/pythia-": "Pythia"}
+
+def model_family(model: str) -> str:
+    "The family whose sizes a model is compared with (`FAMILIES`); a model of no listed family is its own."
+    base = split_revision(str(model))[0]
+    return next((f for p, f in FAMILIES.items() if base.startswith(p)), base)
+
+def with_size(df: pd.DataFrame, # rows with `run` and `model`
+              sizes: pd.DataFrame, # capture rows (`run`, `model`, `params`, and `params_non_embedding` where recorded)
+             ) -> pd.DataFrame:
+    """`df` with `size`: each model's non-embedding parameter count (a 151k- or 262k-token vocabulary would otherwise
+    dominate a real model's count), or its whole count where a run recorded only that."""
+    if df.empty or sizes.empty: return df
+    s = sizes.drop_duplicates(["run", "model"]).set_index(["run", "model"])
+    size = s["params_non_embedding"].fillna(s["params"]) if "params_non_embedding" in s else s["params"]
+    return df.assign(size=[size.get((r, m), np.nan) for r, m in zip(df.run, df.model)])
 
 def size_rows(df: pd.DataFrame, # rows with `with_revisions` columns
              ) -> pd.DataFrame:
@@ -90,7 +110,8 @@ def sparsity_table(sources: list) -> pd.DataFrame:
     for r in map(Path, sources):
         if run_tables([r], "capture/*/sparsity.csv").empty:
             raise SdlmsError(f"no capture results under {r}/capture; run the capture stage first (`sdlms run --resume {r.name}`)")
-    return with_revisions(run_tables(sources, "capture/*/sparsity.csv"))
+    sp = run_tables(sources, "capture/*/sparsity.csv")
+    return with_size(with_revisions(sp), sp)
 
 # %% ../nbs/27_summaries.ipynb #bd8de9c0
 SCALING_INIT = ("frac_active", "pr_over_d", "top10_mass", "pr")   # the metrics drawn for the random-init twin too
@@ -108,7 +129,7 @@ def si_table(sources: list) -> pd.DataFrame:
     "The specialization stage's `si_modularity.csv` rows of every site of every run, with a `depth` label."
     spec = run_tables(sources, "specialization/*/L*/si_modularity.csv")
     if len(spec): spec["depth"] = spec.relative_depth.round(2).astype(str)
-    return with_revisions(spec)
+    return with_size(with_revisions(spec), run_tables(sources, "capture/*/sparsity.csv"))
 
 # %% ../nbs/27_summaries.ipynb #db2dd00e
 def ablation_summary(sources: list, spec: pd.DataFrame) -> pd.DataFrame:
@@ -118,7 +139,8 @@ def ablation_summary(sources: list, spec: pd.DataFrame) -> pd.DataFrame:
     if abl.empty: return abl
     abl["own_task"] = abl.target == abl.task
     a = abl.groupby(["run", "model", "layer", "kind", "own_task"]).specific_delta.mean().reset_index()
-    a = a.merge(spec[spec.unit_kind == "neuron"][["run", "model", "layer", "params", "depth"]], on=["run", "model", "layer"])
+    a = a.merge(spec[spec.unit_kind == "neuron"][["run", "model", "layer", "params", *(["size"] if "size" in spec else []), "depth"]],
+                on=["run", "model", "layer"])
     a["cell"] = np.where(a.own_task, "own task (diagonal)", "other tasks")
     return a
 
@@ -131,7 +153,7 @@ def dynamic_k_table(sources: list) -> pd.DataFrame:
     sizes = run_tables(sources, "capture/*/sparsity.csv")
     if len(sizes): dk = dk.merge(sizes[["run", "model", "params"]].drop_duplicates(), on=["run", "model"], how="left")
     dk = dk[dk.method != "all"].assign(ppl_ratio=lambda d: d.ppl_sparse / d.ppl_dense)
-    return with_revisions(dk.reset_index(drop=True))
+    return with_size(with_revisions(dk.reset_index(drop=True)), sizes)
 
 # %% ../nbs/27_summaries.ipynb #60ce180b
 SAE_SI_COLS = ("si_mean", "si_null_mean", "si_excess", "frac_si_ge_0.5", "null_frac_si_ge_0.5")   # from si_modularity.csv

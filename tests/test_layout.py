@@ -53,3 +53,11 @@ def test_notebook_cells_have_ids():
         assert not missing, f"{p.name}: cells {missing} have no id; add ids (nbformat.validator.normalize) so exports are stable"
         ids = [c["id"] for c in cells]
         assert len(set(ids)) == len(ids), f"{p.name}: duplicate cell ids"
+
+
+def test_no_tests_run_at_import():
+    "Tests live in the notebooks' non-exported cells: an exported module holds no top-level assert (it would run at import)."
+    for f in sorted(PKG.glob("*.py")):
+        tree = ast.parse(f.read_text())
+        bad = [n.lineno for n in tree.body if isinstance(n, ast.Assert)]
+        assert not bad, f"sdlms/{f.name}: top-level assert at lines {bad}; move it to a test cell of its notebook"
