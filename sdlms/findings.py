@@ -297,6 +297,15 @@ def dynamic_k_findings(run) -> list:
             orc = g[(g.keep == keep) & (g.method == "oracle")]
             out.append((f"{run_name}: " if nruns > 1 else "") + f"**{model}**, keep {keep:g}: " + "; ".join(parts)
                        + (f" (the oracle's top-k, a quality bound: {_pct_change(orc.ppl_ratio.iloc[0])})." if len(orc) else "."))
+    sp = run.sparsity
+    if len(sp) and "model" in sp:                      # models of the run without a dynamic-k stage: say which and why
+        kinds = sp.drop_duplicates(["run", "model"]).set_index(["run", "model"]).get("mlp", pd.Series(dtype=str))
+        missing = [(r, m) for r, m in kinds.index if (r, m) not in set(zip(d.run, d.model))]
+        if missing:
+            out.append("No dynamic-k stage for " + ", ".join(
+                f"**{m}** ({kinds[(r, m)]} MLP" + (": the sparse kernels implement exact GELU and SiLU gating only)"
+                                                    if "tanh" in str(kinds[(r, m)]) else ": dynamic_k.enabled is false for it)")
+                for r, m in missing) + ".")
     if not timed:
         out.append("Decode steps were not timed in this run (dynamic_k.time_decode: false): no speedup is reported.")
         return out
