@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .config import SAEParams
+from .config import SAEParams, SpecParams
 from .summaries import size_rows
 
 # %% auto #0
@@ -194,7 +194,7 @@ def modularity_findings(run) -> list:
     "Are co-activation communities modular beyond the two calibrated nulls (both read at the stage's `z_cut`)."
     n = _neurons(run)
     if n.empty or "Q" not in n or n.Q.isna().all(): return []
-    cut = float(n.z_cut.iloc[0]) if "z_cut" in n and n.z_cut.notna().any() else 3.0
+    cut = float(n.z_cut.iloc[0]) if "z_cut" in n and n.z_cut.notna().any() else SpecParams().z_cut
     va, vb = int((n.z_a >= cut).sum()), int((n.q_verdict == "modular beyond task preference").sum())
     out = [f"Co-activation modularity of the neurons' graph, Q {span(n.Q)}, is above null (a), units independent "
            f"({span(n.Q_null_a_mean)}, z {span(n.z_a, '{:.1f}')}), at {va} of {len(n)} used sites, and above both null (a) and "

@@ -11,6 +11,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from .config import spec_default
 from .core import SdlmsError, add_times
 from .activity import _NUMBA_CACHE
 from .cooccurrence import pair_cost, ppmi_topk_dense, ppmi_topk_sparse, split_half_stability, topk_edges
@@ -177,7 +178,7 @@ def null_z(Q: float, # Q of the real activity
 # %% ../nbs/13_modularity.ipynb #b242ace5
 def q_verdict(z_a: float, # z against null (a)
               z_b: float, # z against null (b)
-              z_cut: float = 3.0, # z above which a null counts as rejected
+              z_cut: float = spec_default("z_cut"), # z above which a null counts as rejected
              ) -> str:
     "One-phrase reading of Q against null (a) (independent units) and null (b) (independent units given the task)."
     if not np.isfinite(z_a): return "no null"
@@ -187,7 +188,7 @@ def q_verdict(z_a: float, # z against null (a)
 
 # %% ../nbs/13_modularity.ipynb #f01b343b
 def coactivation_modularity(stats, k_edges=5, min_count=2, n_null=3, method="auto", stability=True,
-                            stability_units=1024, resolution=1.0, seed=0, nulls=("a", "b"), z_cut=3.0, workers=2):
+                            stability_units=1024, resolution=1.0, seed=0, nulls=("a", "b"), z_cut=spec_default("z_cut"), workers=2):
     """Louvain modularity Q of the top-k PPMI co-activation graph against two activity nulls.
 
     stats: ActivityStats from collect_activity.
