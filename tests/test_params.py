@@ -67,7 +67,7 @@ def test_cli_rejects_bad_params_before_creating_a_run(tmp_path, capsys):
     after = set(os.listdir(os.environ["SDLMS_ARTIFACTS"])) if os.path.exists(os.environ["SDLMS_ARTIFACTS"]) else set()
     assert after == before
     assert main(["run", "no-such-file.yaml"]) == 2
-    assert "available in params/: checkpoints, default, kxd, pythia, smoke, smoke_sae" in capsys.readouterr().err
+    assert "available in params/: checkpoints, default, kxd, pythia, real, smoke, smoke_sae" in capsys.readouterr().err
     f.write_text("name: [unclosed")
     assert main(["validate", str(f)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
