@@ -13,10 +13,10 @@ from .config import SAEParams, SpecParams
 from .summaries import size_rows
 
 # %% auto #0
-__all__ = ['DK_ROLE', 'DK_LEGEND', 'QUESTIONS', 'CAPTIONS', 'human', 'span', 'pct', 'trend', 'few', 'sized', 'round_table',
-           'used_sites', 'site_used', 'importance_findings', 'sparsity_findings', 'specialization_findings',
-           'modularity_findings', 'sae_findings', 'ablation_findings', 'dynamic_k_findings', 'checkpoint_findings',
-           'caption', 'overview']
+__all__ = ['WEIGHT_CAVEATS', 'DK_ROLE', 'DK_LEGEND', 'QUESTIONS', 'CAPTIONS', 'human', 'span', 'pct', 'trend', 'few', 'sized',
+           'round_table', 'used_sites', 'site_used', 'importance_findings', 'sparsity_findings',
+           'specialization_findings', 'modularity_findings', 'sae_findings', 'ablation_findings', 'dynamic_k_findings',
+           'checkpoint_findings', 'caption', 'overview']
 
 # %% ../nbs/29_findings.ipynb #46455e06
 def human(n) -> str:
@@ -150,7 +150,17 @@ def sparsity_findings(run) -> list:
         out.append(f"With depth: the deepest used site is sparser (lower activation fraction) than the shallowest in {n} of {len(deep)} models.")
     if tok: out.append(f"Each value is one pass over {tok:,} probe tokens per model; there is no interval on these, so read "
                        "differences of a few thousandths as noise.")
+    out += [WEIGHT_CAVEATS[m] for m in dict.fromkeys(sized(sp).model) if m in WEIGHT_CAVEATS]
     return out
+
+# what a model's weights mean for comparing it across its family (said wherever the model is in a run's findings)
+WEIGHT_CAVEATS = {
+    "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b's GGUF is named AWQ: per-neuron scales folded into its up and down projections "
+        "would rescale each unit's activation without changing the MLP's output. Its per-neuron weight norms show no clear "
+        "sign of that beside the 1.5B's (benchmarks/results/awq_scales.md), but compare its magnitude views (top-k mass, "
+        "PR/d, |h|-ranked dynamic-k) across the family with this in mind; SI, each unit against its own top q, does not "
+        "depend on a unit's scale.",
+}
 
 def _neurons(run, kind: str = "neuron") -> pd.DataFrame:
     si = run.si
