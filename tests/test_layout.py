@@ -61,3 +61,11 @@ def test_no_tests_run_at_import():
         tree = ast.parse(f.read_text())
         bad = [n.lineno for n in tree.body if isinstance(n, ast.Assert)]
         assert not bad, f"sdlms/{f.name}: top-level assert at lines {bad}; move it to a test cell of its notebook"
+
+
+def test_lazy_exploration_api_is_discoverable():
+    "`sdlms.<TAB>` (dir) and `from sdlms import *` offer the exploration API that is imported on first use."
+    assert {"load_run", "runs", "Run"} <= set(dir(sdlms)) and {"load_run", "runs", "Run"} <= set(sdlms.__all__)
+    ns = {}
+    exec("from sdlms import *", ns)
+    assert callable(ns["load_run"]) and ns["Run"].__name__ == "Run"
