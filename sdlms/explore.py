@@ -119,8 +119,15 @@ class Run:
         for r in self.sources:
             d = r / stage / slug(model) / f"L{layer}"
             if d.exists(): return d
-        raise SdlmsError(f"run {self.name} has no {stage} results for {model} layer {layer}; "
-                         f"its models: {', '.join(self.models) or 'none'}")
+        if model not in self.models:
+            import difflib
+            near = difflib.get_close_matches(model, self.models, n=1, cutoff=0.3) or [m for m in self.models if model in m][:1]
+            raise SdlmsError(f"run {self.name} has no model {model!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                             + f" Its models: {', '.join(self.models) or 'none'}")
+        have = sorted({int(p.name[1:]) for r in self.sources for p in (r / stage / slug(model)).glob("L*")
+                       if p.is_dir() and p.name[1:].isdigit()})
+        raise SdlmsError(f"run {self.name} has no {stage} results for {model} layer {layer}; its analysed layers of {model}: "
+                         f"{', '.join(map(str, have)) or 'none'}")
 
     def units(self, model: str, layer: int) -> pd.DataFrame:
         "Every unit of a site (neurons, init-twin neurons, SAE features): SI, its null, preferred task, community."

@@ -128,3 +128,14 @@ def test_results_page_is_generated_from_the_run(smoke_run, tmp_path):
     n = si[si.unit_kind == "neuron"]
     assert len(n) and all(f" {v} " in page for v in n.si_excess), n.si_excess   # the run's own SI excess, as rounded
     assert "micro-tiny" in page and "sdlms report" in page
+
+
+def test_explore_errors_name_the_near_model_and_the_analysed_layers(smoke_run):
+    import sdlms
+    from sdlms.core import SdlmsError
+    r = sdlms.load_run(smoke_run)
+    with pytest.raises(SdlmsError, match=r"has no model 'micro'; did you mean 'micro-tiny'\? Its models: micro-tiny"):
+        r.units("micro", 1)
+    with pytest.raises(SdlmsError, match=r"no specialization results for micro-tiny layer 3; its analysed layers of micro-tiny: 0, 1"):
+        r.units("micro-tiny", 3)
+    assert len(r.units("micro-tiny", 1))
