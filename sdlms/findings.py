@@ -49,10 +49,15 @@ def few(n: int) -> str:
     "What a trend read from `n` sizes is worth, in words: empty from 4 sizes on."
     return f"; {n} sizes cannot establish a trend" if n <= 3 else ""
 
-def sized(df: pd.DataFrame) -> pd.DataFrame:
+def sized(df: pd.DataFrame, # rows with `model` (and `run`, `params`)
+          sizes: pd.DataFrame | None = None, # capture rows to read each model's non-embedding count from (default: `df`)
+         ) -> pd.DataFrame:
     """`df` with `family` (`summaries.model_family`) and `size` (non-embedding parameters where recorded, else all):
     size trends are read within a family, never across families."""
     from sdlms.summaries import model_family
+    if sizes is not None and "params_non_embedding" in sizes and "run" in df:   # e.g. specialization rows: from the capture rows
+        ne = sizes.drop_duplicates(["run", "model"]).set_index(["run", "model"]).params_non_embedding
+        df = df.assign(params_non_embedding=[ne.get((r, m), np.nan) for r, m in zip(df.run, df.model)])
     size = df["params_non_embedding"].fillna(df["params"]) if "params_non_embedding" in df else df.get("params", np.nan)
     return df.assign(family=[model_family(m) for m in df.model], size=size)
 
@@ -191,7 +196,7 @@ def specialization_findings(run) -> list:
             out.append(f"The trained excess is above the init twin's (point values) at {int((m.si_excess > m.si_excess_i).sum())} of {len(m)} sites.")
     if "spec_rate" in n and n.spec_rate.notna().any():
         out.append(f"{pct(n.spec_rate)} of live neurons pass the per-unit permutation test (p < 1/(n_null + 1)) and the SI cut.")
-    for (r, family, depth), g in sized(n).assign(d=n.relative_depth.round(2)).groupby(["run", "family", "d"]):
+    for (r, family, depth), g in sized(n, run.sparsity).assign(d=n.relative_depth.round(2)).groupby(["run", "family", "d"]):
         g = g.sort_values("size")
         if g.model.nunique() >= 2 and g["size"].nunique() == len(g):
             out.append(f"At relative depth {depth:g}" + (f" ({r})" if n.run.nunique() > 1 else "")
